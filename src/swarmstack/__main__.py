@@ -1,0 +1,3 @@
+from swarmstack.cli.main import main
+
+main()

@@ -1,0 +1,201 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app; no module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from swarmstack import __version__
+from swarmstack.api import routes_admin, routes_events, routes_tickets
+from swarmstack.api.state import AppState
+from swarmstack.config import Settings
+from swarmstack.errors import SwarmError
+from swarmstack.events import PgListener
+from swarmstack.tickets.store import TicketStore
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
+
+
+def create_app(settings: Settings | None = None, *, store: TicketStore | None = None) -> FastAPI:
+    """Build the control-plane API. ``store`` may be passed in (tests share one)."""
+    settings = settings or Settings()
+    state = AppState(settings=settings, store=store or TicketStore.from_settings(settings))
+    state.metrics.watch_store(state.store.counts, lambda: state.waker.waiting)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.schema_version = state.store.migrate()
+        listener: PgListener | None = None
+        if state.store.db.dialect.name == "postgresql":
+            listener = PgListener(state.store.db.conninfo, state.waker, asyncio.get_running_loop())
+            listener.start()
+        else:
+            state.store.subscribe(state.waker.on_change)
+        sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            if listener is not None:
+                listener.stop()
+
+    app = FastAPI(
+        title="Swarm control plane",
+        version=__version__,
+        description="Tickets, claims with leases, and the event stream of a Swarm.",
+        lifespan=lifespan,
+    )
+    app.state.swarm = state
+    app.include_router(routes_admin.router)
+    app.include_router(routes_tickets.router)
+    app.include_router(routes_events.router)
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(RequestMetrics, state=state)
+    return app
+
+
+async def _sweep_forever(state: AppState) -> None:
+    """Expire dead leases and end backoffs; sleep until the next one is due (or the interval)."""
+    interval = state.settings.sweep_interval_s
+    while True:
+        try:
+            result = state.store.sweep()
+            delay = interval
+            if result.next_due is not None:
+                delay = min(interval, max(0.01, result.next_due - state.store.clock() + 0.001))
+        except SwarmError as exc:  # database briefly unavailable: keep going
+            log.warning("sweep failed: %s", exc.message)
+            delay = interval
+        await asyncio.sleep(delay)
+
+
+def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SwarmError)
+    async def swarm_error(_request: Request, exc: SwarmError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        ]
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return _error(422, "invalid_request", "; ".join(problems) or "invalid request", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        response = _error(exc.status_code, code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413 before reading them whole (plans get more room)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.default = settings.max_body_bytes
+        self.plans = settings.max_plan_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.plans if scope["path"].startswith("/v1/plans") else self.default
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _too_large(limit)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(limit)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _error(413, "payload_too_large", f"request body is larger than {limit} bytes")
+
+
+class RequestMetrics:
+    """Counts requests by route template and status for ``/metrics``."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.counter = state.metrics.requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.counter.labels(scope["method"], path, str(status)).inc()

@@ -1,0 +1,29 @@
+"""FastAPI dependencies shared by the routers: the app state and the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Path
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from swarmstack.api.schemas import MAX_ID, ErrorBody
+from swarmstack.api.state import AppState, app_state
+from swarmstack.auth import Principal
+
+bearer = HTTPBearer(auto_error=False, description="an admin, agent or lease token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+State = Annotated[AppState, Depends(app_state)]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+async def principal_of(state: State, credentials: Credentials) -> Principal:
+    return state.authenticate(credentials)
+
+
+Caller = Annotated[Principal, Depends(principal_of)]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (401 and 422 always)."""
+    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}

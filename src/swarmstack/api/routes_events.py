@@ -1,0 +1,94 @@
+"""The event log over HTTP: a page after a sequence number, or a live WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.security import HTTPAuthorizationCredentials
+
+from swarmstack.api.deps import Caller, State, error_responses
+from swarmstack.api.schemas import MAX_ID, EventPage
+from swarmstack.api.state import AppState, require_admin
+from swarmstack.errors import SwarmError
+
+router = APIRouter(prefix="/v1")
+# Sent when nothing happened for this long, so proxies keep the socket open and clients can
+# tell a quiet swarm from a dead connection.
+KEEPALIVE_S = 15.0
+
+
+@router.get("/events", response_model=EventPage, responses=error_responses(403), tags=["events"])
+async def list_events(
+    state: State,
+    caller: Caller,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> EventPage:
+    """Events with a sequence number above ``after``, oldest first."""
+    require_admin(caller)
+    events = state.store.events_after(after, limit=limit, plan_id=plan_id)
+    return EventPage(events=events, last_seq=events[-1].seq if events else after)
+
+
+@router.websocket("/events/ws")
+async def stream_events(
+    websocket: WebSocket,
+    after: Annotated[int, Query(ge=0)] = 0,
+    plan_id: Annotated[int | None, Query(ge=1)] = None,
+    token: Annotated[
+        str | None, Query(description="for browsers, which cannot set headers")
+    ] = None,
+) -> None:
+    """Replay every event after ``after``, then stream new ones as they commit.
+
+    Authenticate with ``Authorization: Bearer`` or ``?token=``; a refused handshake closes
+    with code 4401 (no token or a bad one) or 4403 (not an admin)."""
+    state: AppState = websocket.app.state.swarm
+    header = websocket.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    try:
+        if credential and scheme.lower() == "bearer":
+            principal = state.authenticate(
+                HTTPAuthorizationCredentials(scheme=scheme, credentials=credential)
+            )
+        elif token:
+            principal = state.authenticate_token(token)
+        else:
+            await websocket.close(code=4401, reason="missing bearer token")
+            return
+        require_admin(principal)
+    except SwarmError as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
+        return
+    await websocket.accept()
+
+    async def until_closed() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()
+
+    watcher = asyncio.create_task(until_closed())
+    last = after
+    try:
+        while not watcher.done():
+            signal = state.waker.next_events()
+            events = state.store.events_after(last, limit=1000, plan_id=plan_id)
+            for event in events:
+                await websocket.send_text(event.model_dump_json())
+                last = event.seq
+            if len(events) == 1000:
+                continue
+            done, _ = await asyncio.wait(
+                [signal, watcher], timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                await websocket.send_text(json.dumps({"kind": "keepalive", "seq": last}))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        watcher.cancel()

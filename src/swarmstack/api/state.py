@@ -1,0 +1,64 @@
+"""What the app holds while it runs, reached from routes through ``request.app.state``."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+from swarmstack.api.metrics import Metrics
+from swarmstack.auth import Principal, TokenKind, hash_token
+from swarmstack.config import Settings
+from swarmstack.errors import AuthError, Forbidden
+from swarmstack.events import Waker
+from swarmstack.tickets.store import TicketStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: TicketStore
+    waker: Waker = field(default_factory=Waker)
+    metrics: Metrics = field(default_factory=Metrics)
+    schema_version: int = 0
+
+    def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+        return self.authenticate_token(credentials.credentials)
+
+    def authenticate_token(self, token: str) -> Principal:
+        configured = self.settings.admin_token
+        if configured and hmac.compare_digest(hash_token(token), hash_token(configured)):
+            return Principal(TokenKind.ADMIN, "configured-admin", 0)
+        return self.store.tokens.authenticate(token)
+
+
+async def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.swarm
+    return state
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden(f"{principal.kind} tokens may not do this; it needs an admin token")
+
+
+def require_claimer(principal: Principal) -> None:
+    if principal.kind not in (TokenKind.ADMIN, TokenKind.AGENT):
+        raise Forbidden("claims need an agent or admin token; a lease token works its own ticket")
+
+
+def require_ticket_access(principal: Principal, ticket_id: int) -> None:
+    """Admins reach every ticket; a lease token only its own; agent tokens none."""
+    if principal.is_admin:
+        return
+    if principal.kind is TokenKind.LEASE and principal.ticket_id == ticket_id:
+        return
+    if principal.kind is TokenKind.LEASE:
+        raise Forbidden(
+            f"this lease token is for ticket {principal.ticket_id}, not ticket {ticket_id}"
+        )
+    raise Forbidden("agent tokens may only claim; use the lease token the claim returned")

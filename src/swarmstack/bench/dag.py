@@ -1,0 +1,44 @@
+"""Synthetic plans for benchmarks and tests: seeded, so a run can be repeated."""
+
+from __future__ import annotations
+
+import random
+
+from swarmstack.tickets.models import PlanSpec, TicketSpec
+
+
+def random_plan(tickets: int, *, seed: int = 0, max_deps: int = 2, window: int = 200) -> PlanSpec:
+    """A random DAG: ticket i depends on up to ``max_deps`` of the ``window`` tickets before it.
+
+    About a third of the tickets have no dependency, so there is always parallel work, and
+    most have one or two, so completions keep making tickets ready (which is what dispatch
+    latency measures).
+    """
+    rng = random.Random(seed)
+    specs = []
+    for i in range(tickets):
+        lo = max(0, i - window)
+        k = rng.randint(0, max_deps) if i else 0
+        deps = sorted({f"T{rng.randrange(lo, i)}" for _ in range(k)}) if i else []
+        specs.append(
+            TicketSpec(
+                id=f"T{i}",
+                title=f"synthetic ticket {i}",
+                depends_on=deps,
+                files=[f"src/mod_{i}.py"],
+                estimate=rng.choice((0.5, 1.0, 2.0)),
+                priority=rng.randint(0, 3),
+            )
+        )
+    return PlanSpec(title=f"synthetic DAG of {tickets}", tickets=specs)
+
+
+def chain_plan(tickets: int) -> PlanSpec:
+    """T0 <- T1 <- ... : the deepest possible DAG."""
+    return PlanSpec(
+        title=f"chain of {tickets}",
+        tickets=[
+            TicketSpec(id=f"T{i}", title=f"step {i}", depends_on=[f"T{i - 1}"] if i else [])
+            for i in range(tickets)
+        ],
+    )

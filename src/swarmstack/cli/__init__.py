@@ -1,0 +1,1 @@
+"""The ``swarm`` command: a thin layer over the library and the HTTP client."""

@@ -1,0 +1,38 @@
+"""``swarm bench``: benchmarks that print one JSON object each."""
+
+from __future__ import annotations
+
+import enum
+
+import typer
+
+from swarmstack.cli.common import console, guarded, print_json
+
+app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
+
+
+class DbKind(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+@app.command("claims")
+@guarded
+def claims(
+    agents: int = typer.Option(100, "--agents", min=1, max=2000, help="Concurrent agents."),
+    tickets: int = typer.Option(2000, "--tickets", min=1, max=200_000, help="Tickets in the DAG."),
+    db: DbKind = typer.Option(DbKind.SQLITE, "--db", help="Which database the server uses."),
+    postgres_url: str | None = typer.Option(
+        None, "--postgres-url", help="Admin URL to create a scratch database (postgres only)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random DAG."),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """Agents over HTTP doing claim → heartbeat → complete on a DAG, against a real server."""
+    from swarmstack.bench import claims as bench_claims
+
+    result = bench_claims.run(agents, tickets, db.value, seed, postgres_url)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)

@@ -1,0 +1,173 @@
+"""``swarm tickets``: list, show, retry and cancel tickets through the API."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from swarmstack.cli.common import (
+    ApiOption,
+    JsonOption,
+    TokenOption,
+    client,
+    console,
+    guarded,
+    print_json,
+)
+from swarmstack.tickets.models import Ticket, TicketState
+
+app = typer.Typer(help="List, inspect, retry and cancel tickets.", no_args_is_help=True)
+
+_STATE_STYLE = {
+    "pending": "dim",
+    "ready": "cyan",
+    "claimed": "yellow",
+    "failed": "magenta",
+    "done": "green",
+    "dead": "bold red",
+    "cancelled": "dim red",
+}
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    seconds = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@app.command("ls")
+@guarded
+def list_tickets(
+    plan: int | None = typer.Option(None, "--plan", help="Only tickets of this plan id."),
+    state: list[TicketState] | None = typer.Option(
+        None, "--state", help="Only tickets in this state (repeatable)."
+    ),
+    phase: str | None = typer.Option(None, "--phase", help="skeleton, expansion or validation."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """List tickets, in id order."""
+    with client(api, token) as api_client:
+        tickets = api_client.all_tickets(plan_id=plan, states=state, phase=phase)
+    if json_out:
+        print_json(tickets)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in (
+        "id",
+        "plan",
+        "key",
+        "state",
+        "rank",
+        "prio",
+        "tries",
+        "agent",
+        "updated",
+        "title",
+    ):
+        table.add_column(column, no_wrap=column != "title")
+    for t in tickets:
+        style = _STATE_STYLE.get(t.state.value, "")
+        table.add_row(
+            str(t.id),
+            str(t.plan_id),
+            t.key,
+            f"[{style}]{t.state.value}[/]",
+            f"{t.rank:g}",
+            str(t.priority),
+            f"{t.attempts}/{t.max_attempts}",
+            t.lease_agent or "",
+            _age(t.updated_at),
+            t.title,
+        )
+    console.print(table)
+    console.print(f"{len(tickets)} tickets")
+
+
+def _show(ticket: Ticket) -> None:
+    console.print(f"[bold]#{ticket.id} {ticket.key}[/]  {ticket.title}")
+    style = _STATE_STYLE.get(ticket.state.value, "")
+    console.print(
+        f"state [{style}]{ticket.state.value}[/]  plan {ticket.plan_id}  phase {ticket.phase}  "
+        f"rank {ticket.rank:g}  priority {ticket.priority}  attempts "
+        f"{ticket.attempts}/{ticket.max_attempts}  epoch {ticket.epoch}"
+    )
+    if ticket.depends_on:
+        console.print(f"depends on: {', '.join(ticket.depends_on)}")
+    if ticket.files:
+        console.print(f"files: {', '.join(ticket.files)}")
+    if ticket.lease_agent and ticket.state is TicketState.CLAIMED:
+        console.print(
+            f"leased to {ticket.lease_agent}, expires in "
+            f"{(ticket.lease_expires_at or 0) - time.time():.0f}s"
+        )
+    if ticket.last_error:
+        console.print(f"[red]last error:[/] {ticket.last_error}")
+    if ticket.body:
+        console.print()
+        console.print(ticket.body, highlight=False)
+    for line in ticket.acceptance:
+        console.print(f"  [green]✓[/] {line}", highlight=False)
+    if ticket.result:
+        console.print(f"result: {ticket.result.summary}", highlight=False)
+        if ticket.result.branch:
+            console.print(f"branch: {ticket.result.branch}")
+
+
+@app.command("show")
+@guarded
+def show(
+    ticket_id: int = typer.Argument(..., help="The ticket id."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Show one ticket in full."""
+    with client(api, token) as api_client:
+        ticket = api_client.get_ticket(ticket_id)
+    if json_out:
+        print_json(ticket)
+    else:
+        _show(ticket)
+
+
+@app.command("retry")
+@guarded
+def retry(
+    ticket_id: int = typer.Argument(..., help="The ticket id."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Give a failed, dead or cancelled ticket a fresh set of attempts, now."""
+    with client(api, token) as api_client:
+        ticket = api_client.retry(ticket_id)
+    if json_out:
+        print_json(ticket)
+    else:
+        console.print(f"ticket {ticket.id} ({ticket.key}) is {ticket.state.value}")
+
+
+@app.command("cancel")
+@guarded
+def cancel(
+    ticket_id: int = typer.Argument(..., help="The ticket id."),
+    reason: str | None = typer.Option(None, "--reason", help="Why, for the record."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Cancel a ticket that is not done; an agent working on it loses its lease."""
+    with client(api, token) as api_client:
+        ticket = api_client.cancel(ticket_id, reason)
+    if json_out:
+        print_json(ticket)
+    else:
+        console.print(f"ticket {ticket.id} ({ticket.key}) is {ticket.state.value}")

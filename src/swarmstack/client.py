@@ -1,0 +1,372 @@
+"""A typed client of the control-plane API, sync (CLI, tools) and async (agents, benchmarks).
+
+Each operation is described once as a :class:`Call` — method, path, body and how to read the
+answer — and both clients send the same calls, so they cannot drift apart::
+
+    with SwarmClient("http://127.0.0.1:8420", token) as api:
+        lease = api.claim("agent-1", wait_s=30)
+        if lease:
+            api.complete(lease, TicketResult(summary="done"))
+
+Errors come back as the same :mod:`swarmstack.errors` classes the server raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from swarmstack.api.schemas import EventPage, Health, TicketPage, TokenCreated, TokenInfo
+from swarmstack.errors import Unavailable, from_response
+from swarmstack.tickets.models import (
+    Lease,
+    Plan,
+    PlanSpec,
+    Ticket,
+    TicketResult,
+    TicketState,
+    ValidationReport,
+    WavesReport,
+)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    json: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None  # overrides the client's token (lease writes)
+    timeout: float | None = None
+
+
+def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda r: cls.model_validate_json(r.content)
+
+
+def _list(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
+    adapter = TypeAdapter(list[cls])  # type: ignore[valid-type]
+    return lambda r: adapter.validate_json(r.content)
+
+
+def _nothing(_r: httpx.Response) -> None:
+    return None
+
+
+def _lease_or_none(r: httpx.Response) -> Lease | None:
+    return None if r.status_code == 204 else Lease.model_validate_json(r.content)
+
+
+class Calls:
+    """Every API operation, as data."""
+
+    @staticmethod
+    def health() -> Call[Health]:
+        return Call("GET", "/v1/health", _model(Health))
+
+    @staticmethod
+    def create_plan(spec: PlanSpec, max_attempts: int | None = None) -> Call[Plan]:
+        params = {"max_attempts": max_attempts} if max_attempts else {}
+        return Call("POST", "/v1/plans", _model(Plan), spec.model_dump(mode="json"), params)
+
+    @staticmethod
+    def validate_plan(spec: PlanSpec, strict: bool = False) -> Call[ValidationReport]:
+        return Call(
+            "POST",
+            "/v1/plans/validate",
+            _model(ValidationReport),
+            spec.model_dump(mode="json"),
+            {"strict": strict},
+        )
+
+    @staticmethod
+    def list_plans() -> Call[list[Plan]]:
+        return Call("GET", "/v1/plans", _list(Plan))
+
+    @staticmethod
+    def get_plan(plan_id: int) -> Call[Plan]:
+        return Call("GET", f"/v1/plans/{plan_id}", _model(Plan))
+
+    @staticmethod
+    def waves(plan_id: int) -> Call[WavesReport]:
+        return Call("GET", f"/v1/plans/{plan_id}/waves", _model(WavesReport))
+
+    @staticmethod
+    def list_tickets(
+        plan_id: int | None = None,
+        states: list[TicketState] | None = None,
+        phase: str | None = None,
+        after_id: int = 0,
+        limit: int = 500,
+    ) -> Call[TicketPage]:
+        params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+        if plan_id is not None:
+            params["plan_id"] = plan_id
+        if states:
+            params["state"] = [s.value for s in states]
+        if phase:
+            params["phase"] = phase
+        return Call("GET", "/v1/tickets", _model(TicketPage), params=params)
+
+    @staticmethod
+    def get_ticket(ticket_id: int, token: str | None = None) -> Call[Ticket]:
+        return Call("GET", f"/v1/tickets/{ticket_id}", _model(Ticket), token=token)
+
+    @staticmethod
+    def cancel(ticket_id: int, reason: str | None = None) -> Call[Ticket]:
+        body = {"reason": reason} if reason else None
+        return Call("POST", f"/v1/tickets/{ticket_id}/cancel", _model(Ticket), body)
+
+    @staticmethod
+    def retry(ticket_id: int) -> Call[Ticket]:
+        return Call("POST", f"/v1/tickets/{ticket_id}/retry", _model(Ticket))
+
+    @staticmethod
+    def claim(
+        agent: str, plan_id: int | None = None, wait_s: float = 0.0, ttl_s: float | None = None
+    ) -> Call[Lease | None]:
+        body: dict[str, Any] = {"agent": agent, "wait_s": wait_s}
+        if plan_id is not None:
+            body["plan_id"] = plan_id
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        # The server holds a long-poll up to wait_s; give the transport room beyond that.
+        return Call("POST", "/v1/claims", _lease_or_none, body, timeout=wait_s + 30)
+
+    @staticmethod
+    def heartbeat(lease: Lease, ttl_s: float | None = None) -> Call[float]:
+        body: dict[str, Any] = {"epoch": lease.epoch}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return Call(
+            "POST",
+            f"/v1/tickets/{lease.ticket.id}/heartbeat",
+            lambda r: float(r.json()["expires_at"]),
+            body,
+            token=lease.token,
+        )
+
+    @staticmethod
+    def complete(lease: Lease, result: TicketResult | None = None) -> Call[Ticket]:
+        body = {"epoch": lease.epoch, "result": (result or TicketResult()).model_dump(mode="json")}
+        return Call(
+            "POST",
+            f"/v1/tickets/{lease.ticket.id}/complete",
+            _model(Ticket),
+            body,
+            token=lease.token,
+        )
+
+    @staticmethod
+    def fail(lease: Lease, reason: str, retryable: bool = True) -> Call[Ticket]:
+        body = {"epoch": lease.epoch, "reason": reason, "retryable": retryable}
+        return Call(
+            "POST", f"/v1/tickets/{lease.ticket.id}/fail", _model(Ticket), body, token=lease.token
+        )
+
+    @staticmethod
+    def events(after: int = 0, limit: int = 1000, plan_id: int | None = None) -> Call[EventPage]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if plan_id is not None:
+            params["plan_id"] = plan_id
+        return Call("GET", "/v1/events", _model(EventPage), params=params)
+
+    @staticmethod
+    def create_token(kind: str, name: str) -> Call[TokenCreated]:
+        return Call("POST", "/v1/tokens", _model(TokenCreated), {"kind": kind, "name": name})
+
+    @staticmethod
+    def list_tokens() -> Call[list[TokenInfo]]:
+        return Call("GET", "/v1/tokens", _list(TokenInfo))
+
+    @staticmethod
+    def revoke_token(token_id: int) -> Call[None]:
+        return Call("DELETE", f"/v1/tokens/{token_id}", _nothing)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _answer(call: Call[T], response: httpx.Response) -> T:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text[:500] or f"HTTP {response.status_code}"}
+        raise from_response(response.status_code, body)
+    return call.read(response)
+
+
+class SwarmClient:
+    """Blocking client; one connection pool, reused."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> SwarmClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(self, call: Call[T]) -> T:
+        try:
+            response = self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params or None,
+                headers=_headers(call.token or self.token),
+                timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the Swarm API at {self.base_url}: {exc}") from exc
+        return _answer(call, response)
+
+    # One line each; the logic is in Calls.
+    def health(self) -> Health:
+        return self.send(Calls.health())
+
+    def create_plan(self, spec: PlanSpec, max_attempts: int | None = None) -> Plan:
+        return self.send(Calls.create_plan(spec, max_attempts))
+
+    def validate_plan(self, spec: PlanSpec, strict: bool = False) -> ValidationReport:
+        return self.send(Calls.validate_plan(spec, strict))
+
+    def list_plans(self) -> list[Plan]:
+        return self.send(Calls.list_plans())
+
+    def get_plan(self, plan_id: int) -> Plan:
+        return self.send(Calls.get_plan(plan_id))
+
+    def waves(self, plan_id: int) -> WavesReport:
+        return self.send(Calls.waves(plan_id))
+
+    def list_tickets(self, **filters: Any) -> TicketPage:
+        return self.send(Calls.list_tickets(**filters))
+
+    def all_tickets(self, **filters: Any) -> list[Ticket]:
+        """Every ticket matching the filters, following pages."""
+        tickets: list[Ticket] = []
+        after = 0
+        while True:
+            page = self.list_tickets(after_id=after, limit=5000, **filters)
+            tickets.extend(page.tickets)
+            if page.next_after_id is None:
+                return tickets
+            after = page.next_after_id
+
+    def get_ticket(self, ticket_id: int) -> Ticket:
+        return self.send(Calls.get_ticket(ticket_id))
+
+    def cancel(self, ticket_id: int, reason: str | None = None) -> Ticket:
+        return self.send(Calls.cancel(ticket_id, reason))
+
+    def retry(self, ticket_id: int) -> Ticket:
+        return self.send(Calls.retry(ticket_id))
+
+    def claim(self, agent: str, **kwargs: Any) -> Lease | None:
+        return self.send(Calls.claim(agent, **kwargs))
+
+    def heartbeat(self, lease: Lease, ttl_s: float | None = None) -> float:
+        return self.send(Calls.heartbeat(lease, ttl_s))
+
+    def complete(self, lease: Lease, result: TicketResult | None = None) -> Ticket:
+        return self.send(Calls.complete(lease, result))
+
+    def fail(self, lease: Lease, reason: str, retryable: bool = True) -> Ticket:
+        return self.send(Calls.fail(lease, reason, retryable))
+
+    def events(self, after: int = 0, limit: int = 1000, plan_id: int | None = None) -> EventPage:
+        return self.send(Calls.events(after, limit, plan_id))
+
+    def create_token(self, kind: str, name: str) -> TokenCreated:
+        return self.send(Calls.create_token(kind, name))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return self.send(Calls.list_tokens())
+
+    def revoke_token(self, token_id: int) -> None:
+        self.send(Calls.revoke_token(token_id))
+
+
+class AsyncSwarmClient:
+    """Non-blocking client for agents: claim, heartbeat, complete, fail, read."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._owns_http = http is None
+
+    async def __aenter__(self) -> AsyncSwarmClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def send(self, call: Call[T]) -> T:
+        try:
+            response = await self._http.request(
+                call.method,
+                self.base_url + call.path,
+                json=call.json,
+                params=call.params or None,
+                headers=_headers(call.token or self.token),
+                timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the Swarm API at {self.base_url}: {exc}") from exc
+        return _answer(call, response)
+
+    async def claim(self, agent: str, **kwargs: Any) -> Lease | None:
+        return await self.send(Calls.claim(agent, **kwargs))
+
+    async def heartbeat(self, lease: Lease, ttl_s: float | None = None) -> float:
+        return await self.send(Calls.heartbeat(lease, ttl_s))
+
+    async def complete(self, lease: Lease, result: TicketResult | None = None) -> Ticket:
+        return await self.send(Calls.complete(lease, result))
+
+    async def fail(self, lease: Lease, reason: str, retryable: bool = True) -> Ticket:
+        return await self.send(Calls.fail(lease, reason, retryable))
+
+    async def get_ticket(self, ticket_id: int, token: str | None = None) -> Ticket:
+        return await self.send(Calls.get_ticket(ticket_id, token))
+
+    async def events(
+        self, after: int = 0, limit: int = 1000, plan_id: int | None = None
+    ) -> EventPage:
+        return await self.send(Calls.events(after, limit, plan_id))

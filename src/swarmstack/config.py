@@ -1,0 +1,55 @@
+"""Settings, in one place: environment variables prefixed ``SWARM_`` (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "swarm"
+
+
+class Settings(BaseSettings):
+    """Everything a control plane or a client can be told; every field maps to ``SWARM_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql://...; default: swarm.db in the data directory",
+    )
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8420, ge=0, le=65535)
+    admin_token: str | None = Field(
+        default=None, description="an admin token to accept besides those in the database"
+    )
+
+    lease_ttl_s: float = Field(default=60.0, gt=0, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    claim_wait_max_s: float = Field(default=60.0, ge=0)
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_plan_bytes: int = Field(default=64 << 20, ge=1024)
+
+    api_url: str = Field(default="http://127.0.0.1:8420", description="where clients find the API")
+    token: str | None = Field(default=None, description="the bearer token clients send")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'swarm.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"

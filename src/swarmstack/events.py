@@ -1,0 +1,110 @@
+"""Wake-ups: long-polling claimers and event-stream readers are woken the moment work appears.
+
+The event log itself is a table (see :meth:`TicketStore.events_after`); this module carries the
+signal that it grew. On SQLite there is one server process, so the store's commit callback wakes
+waiters in-process. On PostgreSQL every write transaction sends ``NOTIFY swarm, '<ready>'`` and
+each API replica LISTENs, so an agent long-polling one replica is woken by a completion on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+
+from swarmstack.db import NOTIFY_CHANNEL
+from swarmstack.tickets.store import Change
+
+log = logging.getLogger(__name__)
+
+
+class Waker:
+    """FIFO of claimers waiting for ready tickets, plus a broadcast for "new events".
+
+    ``wake(n)`` wakes the ``n`` longest-waiting claimers — not all of them — so a ticket that
+    becomes ready costs one claim attempt, not one per idle agent. Must be used from the loop.
+    """
+
+    def __init__(self) -> None:
+        self._claimers: deque[asyncio.Future[None]] = deque()
+        self._events: asyncio.Future[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._claimers)
+
+    def register(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claimers.append(future)
+        return future
+
+    def unregister(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.cancel()
+        with contextlib.suppress(ValueError):
+            self._claimers.remove(future)
+
+    def wake(self, n: int) -> None:
+        while n > 0 and self._claimers:
+            future = self._claimers.popleft()
+            if not future.done():
+                future.set_result(None)
+                n -= 1
+        self.events_changed()
+
+    def events_changed(self) -> None:
+        if self._events is not None and not self._events.done():
+            self._events.set_result(None)
+        self._events = None
+
+    def next_events(self) -> asyncio.Future[None]:
+        """A future resolved at the next commit that appended events."""
+        if self._events is None or self._events.done():
+            self._events = asyncio.get_running_loop().create_future()
+        return self._events
+
+    def on_change(self, change: Change) -> None:
+        """Store subscriber for the in-process case (SQLite)."""
+        self.wake(change.ready)
+
+
+class PgListener:
+    """A thread that LISTENs on PostgreSQL and forwards each NOTIFY to a :class:`Waker`."""
+
+    def __init__(self, conninfo: str, waker: Waker, loop: asyncio.AbstractEventLoop) -> None:
+        self._conninfo = conninfo
+        self._waker = waker
+        self._loop = loop
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swarm-pg-listen", daemon=True)
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+        self.ready.wait(timeout=10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.ready.set()
+                    # Anything that happened while we were not listening: wake everyone once.
+                    self._loop.call_soon_threadsafe(self._waker.wake, 1 << 30)
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=0.5):
+                            ready = int(notice.payload or 0)
+                            self._loop.call_soon_threadsafe(self._waker.wake, ready)
+            except Exception as exc:  # the database went away: retry, never die
+                if self._loop.is_closed():
+                    return
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                self._stop.wait(0.5)

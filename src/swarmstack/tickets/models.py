@@ -1,0 +1,163 @@
+"""Typed models shared by the plan file, the store, the HTTP API and the client."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Phase = Literal["skeleton", "expansion", "validation"]
+
+
+class TicketState(enum.StrEnum):
+    """Where a ticket is in its life; see ARCHITECTURE.md, "Ticket lifecycle"."""
+
+    PENDING = "pending"  # some dependency is not done yet
+    READY = "ready"  # may be claimed
+    CLAIMED = "claimed"  # an agent holds a live lease
+    FAILED = "failed"  # waiting out its backoff before it is ready again
+    DONE = "done"
+    DEAD = "dead"  # failed too many times; needs a person
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TicketState.DONE, TicketState.DEAD, TicketState.CANCELLED)
+
+
+# -- the plan file -------------------------------------------------------------------------
+
+
+class TicketSpec(BaseModel):
+    """One ticket as a person writes it in a plan file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(default="", max_length=500)
+    body: str = ""
+    phase: Phase = "expansion"
+    depends_on: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    acceptance: list[str] = Field(default_factory=list)
+    estimate: float = Field(default=1.0, gt=0, le=10_000)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    covers: list[str] = Field(default_factory=list)
+
+
+class PlanSpec(BaseModel):
+    """A named DAG of tickets: the plan file (JSON or YAML) and the body of ``POST /v1/plans``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=500)
+    description: str = ""
+    tickets: list[TicketSpec]
+
+
+# -- validation report ---------------------------------------------------------------------
+
+IssueCode = Literal[
+    "duplicate_id",
+    "unknown_dependency",
+    "self_dependency",
+    "cycle",
+    "empty_title",
+    "file_conflict",
+]
+
+
+class PlanIssue(BaseModel):
+    code: IssueCode
+    tickets: list[str]
+    message: str
+    suggested_edge: tuple[str, str] | None = None  # (dependent, dependency) for file_conflict
+
+
+class ValidationReport(BaseModel):
+    valid: bool
+    errors: list[PlanIssue] = Field(default_factory=list)
+    warnings: list[PlanIssue] = Field(default_factory=list)
+
+
+# -- stored objects, as the API returns them ------------------------------------------------
+
+
+class Plan(BaseModel):
+    id: int
+    title: str
+    description: str
+    created_at: float
+    ticket_count: int
+    counts: dict[str, int] = Field(default_factory=dict, description="tickets by state")
+
+
+class TicketResult(BaseModel):
+    """What an agent reports when it completes a ticket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    summary: str = Field(default="", max_length=20_000)
+    branch: str | None = Field(default=None, max_length=500)
+    pull_request: str | None = Field(default=None, max_length=2_000)
+    cost_usd: float = Field(default=0.0, ge=0)
+
+
+class Ticket(BaseModel):
+    id: int
+    plan_id: int
+    key: str
+    title: str
+    body: str
+    phase: Phase
+    depends_on: list[str]
+    files: list[str]
+    acceptance: list[str]
+    covers: list[str]
+    estimate: float
+    priority: int
+    rank: float = Field(description="upward rank: longest estimated path to the end of the DAG")
+    state: TicketState
+    unmet: int = Field(description="dependencies not done yet")
+    attempts: int
+    max_attempts: int
+    epoch: int
+    lease_agent: str | None
+    lease_expires_at: float | None
+    retry_at: float | None
+    ready_at: float | None
+    updated_at: float
+    last_error: str | None
+    result: TicketResult | None
+
+
+class Lease(BaseModel):
+    """What a successful claim returns: the ticket and the right to work on it."""
+
+    ticket: Ticket
+    epoch: int
+    expires_at: float
+    token: str = Field(description="lease token: bound to this ticket and epoch")
+    ttl_s: float
+
+
+class Event(BaseModel):
+    seq: int
+    ts: float
+    kind: str
+    plan_id: int | None
+    ticket_id: int | None
+    data: dict[str, Any]
+
+
+class Wave(BaseModel):
+    index: int
+    tickets: list[str]
+
+
+class WavesReport(BaseModel):
+    plan_id: int | None = None
+    waves: list[Wave]
+    critical_path: list[str]
+    critical_length: float

@@ -1,0 +1,90 @@
+"""The schema, as numbered migrations. Append new steps; never edit a released one."""
+
+from __future__ import annotations
+
+from swarmstack.db import Migration, Tx
+
+
+def _v1_initial(tx: Tx) -> None:
+    pk, real, txt = tx.dialect.autoincrement_pk, tx.dialect.real, "TEXT"
+    statements = [
+        f"""CREATE TABLE plans (
+            id {pk},
+            title {txt} NOT NULL,
+            description {txt} NOT NULL DEFAULT '',
+            created_at {real} NOT NULL,
+            spec {txt} NOT NULL
+        )""",
+        f"""CREATE TABLE tickets (
+            id {pk},
+            plan_id INTEGER NOT NULL REFERENCES plans(id),
+            key {txt} NOT NULL,
+            title {txt} NOT NULL,
+            body {txt} NOT NULL,
+            phase {txt} NOT NULL,
+            depends_on {txt} NOT NULL,
+            files {txt} NOT NULL,
+            acceptance {txt} NOT NULL,
+            covers {txt} NOT NULL,
+            estimate {real} NOT NULL,
+            priority INTEGER NOT NULL,
+            rank {real} NOT NULL,
+            state {txt} NOT NULL,
+            unmet INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            epoch INTEGER NOT NULL DEFAULT 0,
+            lease_agent {txt},
+            lease_expires_at {real},
+            retry_at {real},
+            ready_at {real},
+            updated_at {real} NOT NULL,
+            last_error {txt},
+            result {txt},
+            UNIQUE (plan_id, key)
+        )""",
+        # The claim reads this index in order and stops at the first row.
+        "CREATE INDEX tickets_claim ON tickets (state, rank DESC, priority DESC, id)",
+        "CREATE INDEX tickets_lease ON tickets (state, lease_expires_at)",
+        "CREATE INDEX tickets_retry ON tickets (state, retry_at)",
+        """CREATE TABLE deps (
+            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            depends_on_id INTEGER NOT NULL REFERENCES tickets(id),
+            PRIMARY KEY (ticket_id, depends_on_id)
+        )""",
+        "CREATE INDEX deps_reverse ON deps (depends_on_id, ticket_id)",
+        f"""CREATE TABLE attempts (
+            id {pk},
+            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            epoch INTEGER NOT NULL,
+            agent {txt} NOT NULL,
+            token_hash {txt} NOT NULL,
+            claimed_at {real} NOT NULL,
+            ended_at {real},
+            outcome {txt},
+            request_hash {txt},
+            response {txt},
+            UNIQUE (ticket_id, epoch)
+        )""",
+        f"""CREATE TABLE tokens (
+            id {pk},
+            kind {txt} NOT NULL,
+            name {txt} NOT NULL,
+            token_hash {txt} NOT NULL,
+            created_at {real} NOT NULL,
+            revoked_at {real}
+        )""",
+        f"""CREATE TABLE events (
+            seq {pk},
+            ts {real} NOT NULL,
+            kind {txt} NOT NULL,
+            plan_id INTEGER,
+            ticket_id INTEGER,
+            data {txt} NOT NULL
+        )""",
+    ]
+    for statement in statements:
+        tx.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial]

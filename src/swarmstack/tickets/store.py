@@ -1,0 +1,602 @@
+"""The ticket store: plans, the lifecycle, claiming with leases and fencing epochs.
+
+Every method is one transaction. Every state change appends an event in the same transaction.
+Readiness is a per-ticket counter of unfinished dependencies (``unmet``), decremented in the
+transaction that finishes a dependency; nothing ever rebuilds the graph.
+
+A lease is (ticket, epoch). The epoch grows by one at every claim, so a write that carries an
+older epoch — or arrives after the lease expired, even before the sweeper noticed — is refused
+with :class:`StaleLease`. Completing or failing twice with the same lease and the same payload
+returns the first answer again, so an agent may safely retry after a lost response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmstack.auth import TokenKind, format_token, hash_token, new_secret
+from swarmstack.config import Settings
+from swarmstack.db import Database, Row, Tx, migrate
+from swarmstack.errors import Conflict, NotFound, StaleLease
+from swarmstack.tickets import graph
+from swarmstack.tickets.models import (
+    Event,
+    Lease,
+    Plan,
+    PlanSpec,
+    Ticket,
+    TicketResult,
+    TicketState,
+    WavesReport,
+)
+from swarmstack.tickets.schema import MIGRATIONS
+from swarmstack.tokens import TokenStore
+
+TICKET_COLUMNS = (
+    "id, plan_id, key, title, body, phase, depends_on, files, acceptance, covers, estimate, "
+    "priority, rank, state, unmet, attempts, max_attempts, epoch, lease_agent, "
+    "lease_expires_at, retry_at, ready_at, updated_at, last_error, result"
+)
+_JSON_LIST_COLUMNS = ("depends_on", "files", "acceptance", "covers")
+_LIVE_LEASE = "id = :id AND epoch = :epoch AND state = 'claimed' AND lease_expires_at > :now"
+
+EventRow = tuple[str, int | None, int | None, dict[str, Any]]  # kind, plan, ticket, data
+
+
+def _ticket(row: Row) -> Ticket:
+    for column in _JSON_LIST_COLUMNS:
+        row[column] = json.loads(row[column])
+    row["result"] = json.loads(row["result"]) if row["result"] else None
+    return Ticket.model_validate(row)
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a committed transaction changed, for wake-ups: tickets that became ready."""
+
+    ready: int = 0
+
+
+@dataclass
+class SweepResult:
+    expired: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    promoted: list[int] = field(default_factory=list)
+    next_due: float | None = None
+
+
+class TicketStore:
+    """Plans and tickets in SQLite or PostgreSQL, behind one code path."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_ttl_s: float = 60.0,
+        max_attempts: int = 3,
+        backoff_base_s: float = 2.0,
+        backoff_max_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.lease_ttl_s = lease_ttl_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self.tokens = TokenStore(db, clock)
+        self._subscribers: list[Callable[[Change], None]] = []
+        self._claim_sql = {
+            scoped: "UPDATE tickets SET state = 'claimed', epoch = epoch + 1, "
+            "attempts = attempts + 1, lease_agent = :agent, lease_expires_at = :exp, "
+            "retry_at = NULL, updated_at = :now "
+            "WHERE id = (SELECT id FROM tickets WHERE state = 'ready'"
+            + (" AND plan_id = :plan" if scoped else "")
+            + f" ORDER BY rank DESC, priority DESC, id LIMIT 1 {db.dialect.skip_locked}) "
+            f"AND state = 'ready' RETURNING {TICKET_COLUMNS}"
+            for scoped in (False, True)
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TicketStore:
+        db = Database(
+            settings.resolved_database_url(),
+            sqlite_synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.busy_timeout_ms,
+        )
+        return cls(
+            db,
+            lease_ttl_s=settings.lease_ttl_s,
+            max_attempts=settings.max_attempts,
+            backoff_base_s=settings.backoff_base_s,
+            backoff_max_s=settings.backoff_max_s,
+        )
+
+    def migrate(self) -> int:
+        return migrate(self.db, MIGRATIONS)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def subscribe(self, callback: Callable[[Change], None]) -> None:
+        """Call ``callback`` after every commit that made tickets ready (in this process)."""
+        self._subscribers.append(callback)
+
+    def _publish(self, ready: int) -> None:
+        if ready:
+            for callback in self._subscribers:
+                callback(Change(ready=ready))
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _append(self, tx: Tx, events: Sequence[EventRow]) -> None:
+        """Append events as the last step of a write transaction, and signal them."""
+        if not events:
+            return
+        tx.lock_events()
+        now = self.clock()
+        tx.executemany(
+            "INSERT INTO events (ts, kind, plan_id, ticket_id, data) "
+            "VALUES (:ts, :kind, :plan, :ticket, :data)",
+            [
+                {"ts": now, "kind": k, "plan": p, "ticket": t, "data": json.dumps(d)}
+                for k, p, t, d in events
+            ],
+        )
+        tx.notify(str(sum(1 for e in events if e[0] == "ticket.ready")))
+
+    def events_after(
+        self, after: int = 0, *, limit: int = 1000, plan_id: int | None = None
+    ) -> list[Event]:
+        where = "seq > :after" + (" AND plan_id = :plan" if plan_id is not None else "")
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT seq, ts, kind, plan_id, ticket_id, data FROM events WHERE {where} "
+                "ORDER BY seq LIMIT :limit",
+                {"after": after, "plan": plan_id, "limit": limit},
+            )
+        return [Event.model_validate({**r, "data": json.loads(r["data"])}) for r in rows]
+
+    def last_seq(self) -> int:
+        with self.db.read() as tx:
+            return int(tx.scalar("SELECT COALESCE(MAX(seq), 0) FROM events"))
+
+    # -- plans -------------------------------------------------------------------------------
+
+    def create_plan(self, spec: PlanSpec, *, max_attempts: int | None = None) -> Plan:
+        """Store a valid plan; tickets with no dependencies start ready."""
+        graph.require_valid(spec)
+        ranks = graph.upward_rank(spec)
+        now = self.clock()
+        roots = [t.id for t in spec.tickets if not t.depends_on]
+        with self.db.tx() as tx:
+            plan_id = int(
+                tx.scalar(
+                    "INSERT INTO plans (title, description, created_at, spec) "
+                    "VALUES (:t, :d, :c, :s) RETURNING id",
+                    {"t": spec.title, "d": spec.description, "c": now, "s": spec.model_dump_json()},
+                )
+            )
+            tx.executemany(
+                "INSERT INTO tickets (plan_id, key, title, body, phase, depends_on, files, "
+                "acceptance, covers, estimate, priority, rank, state, unmet, max_attempts, "
+                "ready_at, updated_at) VALUES (:plan, :key, :title, :body, :phase, :deps, "
+                ":files, :acc, :covers, :est, :prio, :rank, :state, :unmet, :max, :ready, :now)",
+                [
+                    {
+                        "plan": plan_id,
+                        "key": t.id,
+                        "title": t.title,
+                        "body": t.body,
+                        "phase": t.phase,
+                        "deps": json.dumps(t.depends_on),
+                        "files": json.dumps(t.files),
+                        "acc": json.dumps(t.acceptance),
+                        "covers": json.dumps(t.covers),
+                        "est": t.estimate,
+                        "prio": t.priority,
+                        "rank": ranks[t.id],
+                        "state": TicketState.PENDING.value if t.depends_on else "ready",
+                        "unmet": len(set(t.depends_on)),
+                        "max": max_attempts or self.max_attempts,
+                        "ready": None if t.depends_on else now,
+                        "now": now,
+                    }
+                    for t in spec.tickets
+                ],
+            )
+            ids = {
+                r["key"]: r["id"]
+                for r in tx.all("SELECT id, key FROM tickets WHERE plan_id = :p", {"p": plan_id})
+            }
+            tx.executemany(
+                "INSERT INTO deps (ticket_id, depends_on_id) VALUES (:t, :d)",
+                [
+                    {"t": ids[t.id], "d": ids[dep]}
+                    for t in spec.tickets
+                    for dep in sorted(set(t.depends_on))
+                ],
+            )
+            created = {"title": spec.title, "tickets": len(spec.tickets), "ready": len(roots)}
+            self._append(
+                tx,
+                [
+                    ("plan.created", plan_id, None, created),
+                    *[("ticket.ready", plan_id, ids[key], {}) for key in roots],
+                ],
+            )
+        self._publish(len(roots))
+        return self.get_plan(plan_id)
+
+    def get_plan(self, plan_id: int) -> Plan:
+        with self.db.read() as tx:
+            row = tx.one(
+                "SELECT id, title, description, created_at FROM plans WHERE id = :id",
+                {"id": plan_id},
+            )
+            if row is None:
+                raise NotFound(f"no plan {plan_id}")
+            counts = self._counts(tx, plan_id)
+        return Plan(**row, ticket_count=sum(counts.values()), counts=counts)
+
+    def list_plans(self) -> list[Plan]:
+        with self.db.read() as tx:
+            ids = [r["id"] for r in tx.all("SELECT id FROM plans ORDER BY id")]
+        return [self.get_plan(i) for i in ids]
+
+    def plan_spec(self, plan_id: int) -> PlanSpec:
+        with self.db.read() as tx:
+            spec = tx.scalar("SELECT spec FROM plans WHERE id = :id", {"id": plan_id})
+        if spec is None:
+            raise NotFound(f"no plan {plan_id}")
+        return PlanSpec.model_validate_json(spec)
+
+    def waves(self, plan_id: int) -> WavesReport:
+        report = graph.waves_report(self.plan_spec(plan_id))
+        return report.model_copy(update={"plan_id": plan_id})
+
+    @staticmethod
+    def _counts(tx: Tx, plan_id: int | None) -> dict[str, int]:
+        where = "WHERE plan_id = :p" if plan_id is not None else ""
+        rows = tx.all(
+            f"SELECT state, COUNT(*) AS n FROM tickets {where} GROUP BY state", {"p": plan_id}
+        )
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def counts(self, plan_id: int | None = None) -> dict[str, int]:
+        """Tickets by state, over one plan or all of them."""
+        with self.db.read() as tx:
+            return self._counts(tx, plan_id)
+
+    # -- reading tickets ---------------------------------------------------------------------
+
+    def get_ticket(self, ticket_id: int) -> Ticket:
+        with self.db.read() as tx:
+            return self._ticket_in(tx, ticket_id)
+
+    @staticmethod
+    def _ticket_in(tx: Tx, ticket_id: int) -> Ticket:
+        row = tx.one(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE id = :id", {"id": ticket_id})
+        if row is None:
+            raise NotFound(f"no ticket {ticket_id}")
+        return _ticket(row)
+
+    def find_ticket(self, plan_id: int, key: str) -> Ticket:
+        with self.db.read() as tx:
+            row = tx.one(
+                f"SELECT {TICKET_COLUMNS} FROM tickets WHERE plan_id = :p AND key = :k",
+                {"p": plan_id, "k": key},
+            )
+        if row is None:
+            raise NotFound(f"no ticket {key!r} in plan {plan_id}")
+        return _ticket(row)
+
+    def list_tickets(
+        self,
+        *,
+        plan_id: int | None = None,
+        states: Iterable[TicketState] = (),
+        phase: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[Ticket]:
+        """Tickets in id order, filtered; page with ``after_id`` (the last id seen)."""
+        clauses = ["id > :after"]
+        params: dict[str, Any] = {"after": after_id, "limit": limit}
+        if plan_id is not None:
+            clauses.append("plan_id = :plan")
+            params["plan"] = plan_id
+        wanted = sorted({TicketState(s).value for s in states})
+        if wanted:
+            names = [f"s{i}" for i in range(len(wanted))]
+            clauses.append(f"state IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, wanted, strict=True))
+        if phase is not None:
+            clauses.append("phase = :phase")
+            params["phase"] = phase
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT {TICKET_COLUMNS} FROM tickets WHERE {' AND '.join(clauses)} "
+                "ORDER BY id LIMIT :limit",
+                params,
+            )
+        return [_ticket(r) for r in rows]
+
+    # -- the lease protocol ------------------------------------------------------------------
+
+    def claim(
+        self, agent: str, *, plan_id: int | None = None, ttl_s: float | None = None
+    ) -> Lease | None:
+        """Atomically pick the best ready ticket and lease it to ``agent``; None if none."""
+        now = self.clock()
+        ttl = ttl_s or self.lease_ttl_s
+        with self.db.tx() as tx:
+            row = tx.one(
+                self._claim_sql[plan_id is not None],
+                {"agent": agent, "exp": now + ttl, "now": now, "plan": plan_id},
+            )
+            if row is None:
+                return None
+            ticket = _ticket(row)
+            token = format_token(TokenKind.LEASE, f"{ticket.id}-{ticket.epoch}", new_secret())
+            tx.execute(
+                "INSERT INTO attempts (ticket_id, epoch, agent, token_hash, claimed_at) "
+                "VALUES (:t, :e, :a, :h, :now)",
+                {"t": ticket.id, "e": ticket.epoch, "a": agent, "h": hash_token(token), "now": now},
+            )
+            data = {"agent": agent, "epoch": ticket.epoch, "attempt": ticket.attempts}
+            self._append(tx, [("ticket.claimed", ticket.plan_id, ticket.id, data)])
+        return Lease(
+            ticket=ticket, epoch=ticket.epoch, expires_at=now + ttl, token=token, ttl_s=ttl
+        )
+
+    def heartbeat(self, ticket_id: int, epoch: int, *, ttl_s: float | None = None) -> float:
+        """Extend a live lease; returns the new expiry."""
+        now = self.clock()
+        expires = now + (ttl_s or self.lease_ttl_s)
+        with self.db.tx() as tx:
+            hit = tx.scalar(
+                "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now "
+                f"WHERE {_LIVE_LEASE} RETURNING id",
+                {"exp": expires, "now": now, "id": ticket_id, "epoch": epoch},
+            )
+            if hit is None:
+                raise self._why_stale(tx, ticket_id, epoch, now)
+        return expires
+
+    def complete(self, ticket_id: int, epoch: int, result: TicketResult) -> Ticket:
+        """Finish a ticket under a live lease; dependents whose last dependency this was
+        become ready in the same transaction."""
+        now = self.clock()
+        request = {"op": "complete", **result.model_dump(mode="json")}
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = 'done', lease_expires_at = NULL, "
+                "result = :result, last_error = NULL, updated_at = :now "
+                f"WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
+                {"result": result.model_dump_json(), "now": now, "id": ticket_id, "epoch": epoch},
+            )
+            if row is None:
+                return self._replay(tx, ticket_id, epoch, request, now)
+            ticket = _ticket(row)
+            # SET expressions see the old row: unmet = 1 means this was the last dependency.
+            ready = [
+                r
+                for r in tx.all(
+                    "UPDATE tickets SET unmet = unmet - 1, state = CASE "
+                    "WHEN unmet = 1 AND state = 'pending' THEN 'ready' ELSE state END, "
+                    "ready_at = CASE WHEN unmet = 1 AND state = 'pending' "
+                    "THEN :now ELSE ready_at END, updated_at = :now "
+                    "WHERE id IN (SELECT ticket_id FROM deps WHERE depends_on_id = :id) "
+                    "RETURNING id, plan_id, state",
+                    {"now": now, "id": ticket_id},
+                )
+                if r["state"] == "ready"
+            ]
+            self._end_attempt(tx, ticket, epoch, "done", request, now)
+            self._append(
+                tx,
+                [
+                    ("ticket.done", ticket.plan_id, ticket.id, {"epoch": epoch}),
+                    *[("ticket.ready", r["plan_id"], r["id"], {}) for r in ready],
+                ],
+            )
+        self._publish(len(ready))
+        return ticket
+
+    def fail(self, ticket_id: int, epoch: int, reason: str, *, retryable: bool = True) -> Ticket:
+        """Give a ticket up under a live lease: back to ready after a backoff, or dead."""
+        now = self.clock()
+        request = {"op": "fail", "reason": reason, "retryable": retryable}
+        with self.db.tx() as tx:
+            current = tx.one(
+                f"SELECT attempts, max_attempts FROM tickets WHERE {_LIVE_LEASE} "
+                + tx.dialect.for_update,
+                {"id": ticket_id, "epoch": epoch, "now": now},
+            )
+            if current is None:
+                return self._replay(tx, ticket_id, epoch, request, now)
+            attempts = int(current["attempts"])
+            dead = not retryable or attempts >= int(current["max_attempts"])
+            delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
+            row = tx.one(
+                "UPDATE tickets SET state = :state, retry_at = :retry, lease_expires_at = NULL, "
+                f"last_error = :reason, updated_at = :now WHERE {_LIVE_LEASE} "
+                f"RETURNING {TICKET_COLUMNS}",
+                {
+                    "state": "dead" if dead else "failed",
+                    "retry": None if dead else now + delay,
+                    "reason": reason,
+                    "now": now,
+                    "id": ticket_id,
+                    "epoch": epoch,
+                },
+            )
+            assert row is not None  # the row is locked by this transaction
+            ticket = _ticket(row)
+            self._end_attempt(tx, ticket, epoch, ticket.state.value, request, now)
+            data = {"epoch": epoch, "reason": reason, "retry_at": ticket.retry_at}
+            self._append(tx, [(f"ticket.{ticket.state.value}", ticket.plan_id, ticket.id, data)])
+        return ticket
+
+    def _end_attempt(
+        self, tx: Tx, ticket: Ticket, epoch: int, outcome: str, request: Any, now: float
+    ) -> None:
+        tx.execute(
+            "UPDATE attempts SET outcome = :o, ended_at = :now, request_hash = :h, "
+            "response = :r WHERE ticket_id = :t AND epoch = :e",
+            {
+                "o": outcome,
+                "now": now,
+                "h": _digest(request),
+                "r": ticket.model_dump_json(),
+                "t": ticket.id,
+                "e": epoch,
+            },
+        )
+
+    def _replay(self, tx: Tx, ticket_id: int, epoch: int, request: Any, now: float) -> Ticket:
+        """The lease is not live: if this very request already succeeded, answer it again."""
+        attempt = tx.one(
+            "SELECT outcome, request_hash, response FROM attempts "
+            "WHERE ticket_id = :t AND epoch = :e",
+            {"t": ticket_id, "e": epoch},
+        )
+        if attempt is not None and attempt["request_hash"] is not None:
+            if attempt["request_hash"] == _digest(request):
+                return Ticket.model_validate_json(attempt["response"])
+            raise Conflict(
+                f"this lease already ended the ticket ({attempt['outcome']}) "
+                "with a different request"
+            )
+        raise self._why_stale(tx, ticket_id, epoch, now)
+
+    @staticmethod
+    def _why_stale(tx: Tx, ticket_id: int, epoch: int, now: float) -> Exception:
+        row = tx.one(
+            "SELECT epoch, state, lease_expires_at FROM tickets WHERE id = :id", {"id": ticket_id}
+        )
+        if row is None:
+            return NotFound(f"no ticket {ticket_id}")
+        current, state = int(row["epoch"]), row["state"]
+        if epoch != current:
+            return StaleLease(
+                f"lease epoch {epoch} is stale: ticket {ticket_id} is at epoch {current} ({state})"
+            )
+        if state != TicketState.CLAIMED:
+            return StaleLease(f"lease epoch {epoch} is over: ticket {ticket_id} is {state}")
+        return StaleLease(
+            f"lease epoch {epoch} expired {now - float(row['lease_expires_at']):.3f}s ago; the "
+            "ticket will be handed to another agent"
+        )
+
+    # -- operators ---------------------------------------------------------------------------
+
+    def cancel(self, ticket_id: int, reason: str = "cancelled") -> Ticket:
+        """Cancel a ticket that is not done; a live lease on it stops being live."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = 'cancelled', lease_expires_at = NULL, "
+                "retry_at = NULL, last_error = :reason, updated_at = :now "
+                f"WHERE id = :id AND state NOT IN ('done', 'cancelled') RETURNING {TICKET_COLUMNS}",
+                {"reason": reason, "now": now, "id": ticket_id},
+            )
+            if row is None:
+                ticket = self._ticket_in(tx, ticket_id)
+                if ticket.state is TicketState.CANCELLED:
+                    return ticket
+                raise Conflict(f"ticket {ticket_id} is {ticket.state}: it cannot be cancelled")
+            ticket = _ticket(row)
+            tx.execute(
+                "UPDATE attempts SET outcome = 'cancelled', ended_at = :now "
+                "WHERE ticket_id = :t AND outcome IS NULL",
+                {"now": now, "t": ticket_id},
+            )
+            self._append(tx, [("ticket.cancelled", ticket.plan_id, ticket.id, {"reason": reason})])
+        return ticket
+
+    def retry(self, ticket_id: int) -> Ticket:
+        """Give a failed, dead or cancelled ticket a fresh set of attempts, now."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = CASE WHEN unmet = 0 THEN 'ready' ELSE 'pending' END, "
+                "ready_at = CASE WHEN unmet = 0 THEN :now ELSE NULL END, "
+                "attempts = 0, retry_at = NULL, updated_at = :now "
+                "WHERE id = :id AND state IN ('failed', 'dead', 'cancelled') "
+                f"RETURNING {TICKET_COLUMNS}",
+                {"now": now, "id": ticket_id},
+            )
+            if row is None:
+                ticket = self._ticket_in(tx, ticket_id)
+                raise Conflict(
+                    f"ticket {ticket_id} is {ticket.state}: only failed, dead or cancelled "
+                    "tickets can be retried"
+                )
+            ticket = _ticket(row)
+            events: list[EventRow] = [
+                ("ticket.retried", ticket.plan_id, ticket.id, {"state": ticket.state.value})
+            ]
+            if ticket.state is TicketState.READY:
+                events.append(("ticket.ready", ticket.plan_id, ticket.id, {}))
+            self._append(tx, events)
+        self._publish(1 if ticket.state is TicketState.READY else 0)
+        return ticket
+
+    def sweep(self) -> SweepResult:
+        """Return expired leases to ready (or dead, out of attempts) and end due backoffs."""
+        now = self.clock()
+        result = SweepResult()
+        with self.db.tx() as tx:
+            expired = tx.all(
+                "UPDATE tickets SET "
+                "state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END, "
+                "ready_at = :now, lease_expires_at = NULL, updated_at = :now, "
+                "last_error = 'lease expired' "
+                "WHERE state = 'claimed' AND lease_expires_at <= :now "
+                "RETURNING id, plan_id, epoch, state",
+                {"now": now},
+            )
+            promoted = tx.all(
+                "UPDATE tickets SET state = 'ready', ready_at = :now, retry_at = NULL, "
+                "updated_at = :now WHERE state = 'failed' AND retry_at <= :now "
+                "RETURNING id, plan_id",
+                {"now": now},
+            )
+            tx.executemany(
+                "UPDATE attempts SET outcome = 'expired', ended_at = :now "
+                "WHERE ticket_id = :t AND epoch = :e AND outcome IS NULL",
+                [{"now": now, "t": r["id"], "e": r["epoch"]} for r in expired],
+            )
+            events: list[EventRow] = []
+            for r in expired:
+                events.append(("ticket.expired", r["plan_id"], r["id"], {"epoch": r["epoch"]}))
+                if r["state"] == "dead":
+                    result.dead.append(r["id"])
+                    events.append(
+                        ("ticket.dead", r["plan_id"], r["id"], {"reason": "lease expired"})
+                    )
+                else:
+                    result.expired.append(r["id"])
+                    events.append(("ticket.ready", r["plan_id"], r["id"], {}))
+            for r in promoted:
+                result.promoted.append(r["id"])
+                events.append(("ticket.ready", r["plan_id"], r["id"], {}))
+            self._append(tx, events)
+            result.next_due = tx.scalar(
+                "SELECT MIN(t) FROM (SELECT MIN(lease_expires_at) AS t FROM tickets "
+                "WHERE state = 'claimed' UNION ALL SELECT MIN(retry_at) FROM tickets "
+                "WHERE state = 'failed') AS due"
+            )
+        self._publish(len(result.expired) + len(result.promoted))
+        return result
