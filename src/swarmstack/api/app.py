@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarmstack import __version__
-from swarmstack.api import routes_admin, routes_events, routes_tickets
+from swarmstack.api import routes_admin, routes_agents, routes_events, routes_tickets
 from swarmstack.api.state import AppState
 from swarmstack.config import Settings
 from swarmstack.errors import SwarmError
@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
         lifespan=lifespan,
     )
     app.state.swarm = state
-    app.include_router(routes_admin.router)
+    app.include_router(routes_agents.router)  # first: the hot path matches soonest
     app.include_router(routes_tickets.router)
+    app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, settings=settings)
@@ -180,6 +181,7 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.counter = state.metrics.requests
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,6 +198,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.counter.labels(scope["method"], path, str(status)).inc()
+            key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.counter.labels(key[0], key[1], str(status))
+            child.inc()

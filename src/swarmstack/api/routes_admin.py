@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from swarmstack import __version__
-from swarmstack.api.deps import Caller, State, error_responses
+from swarmstack.api.deps import Context, State, error_responses
 from swarmstack.api.schemas import MAX_ID, Health, TokenCreated, TokenInfo, TokenRequest
 from swarmstack.api.state import require_admin
 from swarmstack.auth import TokenKind
@@ -45,28 +45,27 @@ async def metrics(state: State) -> Response:
     responses=error_responses(403),
     tags=["admin"],
 )
-async def create_token(body: TokenRequest, state: State, caller: Caller) -> TokenCreated:
+async def create_token(body: TokenRequest, ctx: Context) -> TokenCreated:
     """Issue an admin or agent token. It is shown once; only its SHA-256 is kept."""
-    require_admin(caller)
-    token = state.store.tokens.create(TokenKind(body.kind), body.name)
+    require_admin(ctx.caller)
+    token = ctx.state.store.tokens.create(TokenKind(body.kind), body.name)
     return TokenCreated(token=token, kind=body.kind, name=body.name)
 
 
 @router.get(
     "/v1/tokens", response_model=list[TokenInfo], responses=error_responses(403), tags=["admin"]
 )
-async def list_tokens(state: State, caller: Caller) -> list[TokenInfo]:
-    require_admin(caller)
-    return [TokenInfo.model_validate(t) for t in state.store.tokens.list()]
+async def list_tokens(ctx: Context) -> list[TokenInfo]:
+    require_admin(ctx.caller)
+    return [TokenInfo.model_validate(t) for t in ctx.state.store.tokens.list()]
 
 
 @router.delete(
     "/v1/tokens/{token_id}", status_code=204, responses=error_responses(403, 404), tags=["admin"]
 )
-async def revoke_token(
-    token_id: Annotated[int, Path(ge=1, le=MAX_ID)], state: State, caller: Caller
-) -> Response:
+async def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_ID)], ctx: Context) -> Response:
     """Revoke a token; requests that carry it are refused from now on."""
-    require_admin(caller)
-    state.store.tokens.revoke(token_id)
+    require_admin(ctx.caller)
+    ctx.state.store.tokens.revoke(token_id)
+    ctx.state.forget_tokens()
     return Response(status_code=204)

@@ -8,12 +8,11 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
-from fastapi.security import HTTPAuthorizationCredentials
 
-from swarmstack.api.deps import Caller, State, error_responses
+from swarmstack.api.deps import Context, error_responses
 from swarmstack.api.schemas import MAX_ID, EventPage
 from swarmstack.api.state import AppState, require_admin
-from swarmstack.errors import SwarmError
+from swarmstack.errors import AuthError, SwarmError
 
 router = APIRouter(prefix="/v1")
 # Sent when nothing happened for this long, so proxies keep the socket open and clients can
@@ -23,15 +22,14 @@ KEEPALIVE_S = 15.0
 
 @router.get("/events", response_model=EventPage, responses=error_responses(403), tags=["events"])
 async def list_events(
-    state: State,
-    caller: Caller,
+    ctx: Context,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> EventPage:
     """Events with a sequence number above ``after``, oldest first."""
-    require_admin(caller)
-    events = state.store.events_after(after, limit=limit, plan_id=plan_id)
+    require_admin(ctx.caller)
+    events = ctx.state.store.events_after(after, limit=limit, plan_id=plan_id)
     return EventPage(events=events, last_seq=events[-1].seq if events else after)
 
 
@@ -51,21 +49,20 @@ async def stream_events(
     state: AppState = websocket.app.state.swarm
     header = websocket.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
+    # Accept first, then close with a reason: a refusal before accept reaches the client only
+    # as a bare HTTP 403, and it could not tell a bad token from a missing one.
+    await websocket.accept()
     try:
         if credential and scheme.lower() == "bearer":
-            principal = state.authenticate(
-                HTTPAuthorizationCredentials(scheme=scheme, credentials=credential)
-            )
+            principal = state.authenticate_token(credential)
         elif token:
             principal = state.authenticate_token(token)
         else:
-            await websocket.close(code=4401, reason="missing bearer token")
-            return
+            raise AuthError("missing bearer token")
         require_admin(principal)
     except SwarmError as exc:
         await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
         return
-    await websocket.accept()
 
     async def until_closed() -> None:
         with contextlib.suppress(WebSocketDisconnect):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -15,6 +16,12 @@ from swarmstack.errors import AuthError, Forbidden
 from swarmstack.events import Waker
 from swarmstack.tickets.store import TicketStore
 
+# How long a verified admin or agent token is trusted without asking the database again: a
+# revocation reaches this replica at once and other replicas within this many seconds.
+AUTH_TTL_S = 5.0
+LEASE_AUTH_TTL_S = 3600.0
+AUTH_CACHE_SIZE = 50_000
+
 
 @dataclass
 class AppState:
@@ -23,6 +30,7 @@ class AppState:
     waker: Waker = field(default_factory=Waker)
     metrics: Metrics = field(default_factory=Metrics)
     schema_version: int = 0
+    _auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
@@ -30,10 +38,26 @@ class AppState:
         return self.authenticate_token(credentials.credentials)
 
     def authenticate_token(self, token: str) -> Principal:
+        """Check a token, remembering the answer for a few seconds (a lease token's identity
+        never changes; whether its lease is live is checked by every write itself)."""
+        now = time.monotonic()
+        cached = self._auth_cache.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         configured = self.settings.admin_token
         if configured and hmac.compare_digest(hash_token(token), hash_token(configured)):
-            return Principal(TokenKind.ADMIN, "configured-admin", 0)
-        return self.store.tokens.authenticate(token)
+            principal = Principal(TokenKind.ADMIN, "configured-admin", 0)
+        else:
+            principal = self.store.tokens.authenticate(token)
+        if len(self._auth_cache) >= AUTH_CACHE_SIZE:
+            self._auth_cache.pop(next(iter(self._auth_cache)))
+        ttl = LEASE_AUTH_TTL_S if principal.kind is TokenKind.LEASE else AUTH_TTL_S
+        self._auth_cache[token] = (principal, now + ttl)
+        return principal
+
+    def forget_tokens(self) -> None:
+        """Drop remembered answers (after a revocation)."""
+        self._auth_cache.clear()
 
 
 async def app_state(request: Request) -> AppState:

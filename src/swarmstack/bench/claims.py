@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
 from swarmstack.bench.dag import random_plan
 from swarmstack.bench.pg import scratch_database
 from swarmstack.bench.serverproc import ServerProcess
-from swarmstack.client import AsyncSwarmClient, SwarmClient
+from swarmstack.client import AiohttpSwarmClient, SwarmClient
 from swarmstack.db import Database
 from swarmstack.errors import Unavailable
 from swarmstack.tickets.models import PlanSpec, TicketResult
@@ -56,10 +54,11 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def _agents(url: str, token: str, agents: int, total: int, record: _Record) -> None:
-    limits = httpx.Limits(max_connections=agents + 8, max_keepalive_connections=agents + 8)
+    import aiohttp
+
     done = asyncio.Event()
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        api = AsyncSwarmClient(url, token, http=http)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        api = AiohttpSwarmClient(url, token, session=session)
 
         async def agent(name: str) -> None:
             while not done.is_set():

@@ -43,7 +43,8 @@ def scratch_database(url: str | None = None) -> Iterator[str]:
         raise Unavailable(f"PostgreSQL is not reachable at {base}: {exc}") from exc
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    scratch = urlsplit(base)._replace(path=f"/{name}").geturl()
+    parts = urlsplit(base)
+    scratch = f"{parts.scheme}://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
     try:
         yield scratch
     finally:

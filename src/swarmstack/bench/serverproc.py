@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from swarmstack.auth import TokenKind, format_token, new_secret
+from swarmstack.errors import Unavailable
 
 
 def free_port() -> int:
@@ -66,7 +67,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                raise Unavailable(f"server exited: {self._log_tail()}")
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
                     return self
@@ -74,9 +75,10 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(
-            f"server did not start in {timeout}s: {self.log_path.read_text()[-2000:]}"
-        )
+        raise Unavailable(f"server did not start in {timeout}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:].strip()
 
     def kill(self) -> None:
         """kill -9: no shutdown, no flush, as a crash would."""

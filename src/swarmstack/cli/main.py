@@ -99,5 +99,28 @@ def waves(
         plan.print_waves(report)
 
 
+@app.command()
+@guarded
+def demo(
+    agents: int = typer.Option(4, "--agents", min=1, max=200, help="Local agents to run."),
+    plan_file: Path | None = typer.Option(
+        None, "--plan", help="A plan file (default: the bundled example)."
+    ),
+    pace: float = typer.Option(
+        0.4, "--pace", min=0.0, max=60.0, help="Seconds of pretend work per unit of estimate."
+    ),
+    keep_serving: bool = typer.Option(
+        False, "--keep-serving", help="Leave the control plane running afterwards."
+    ),
+    json_out: bool = JsonOption,
+) -> None:
+    """Run the bundled example plan end to end with local agents, on a fresh control plane."""
+    from swarmstack.demo import run_demo
+
+    summary = run_demo(agents=agents, plan_file=plan_file, pace=pace, keep_serving=keep_serving)
+    if json_out:
+        print_json(summary)
+
+
 def main() -> None:
     app()

@@ -19,7 +19,7 @@ from swarmstack.tickets.models import PlanIssue, PlanSpec, ValidationReport, Wav
 from swarmstack.tickets.plan import load_plan
 
 app = typer.Typer(
-    help="Check plan files: the DAG of tickets that a swarm of agents will run.",
+    help="Check and import plan files: the DAG of tickets that a swarm of agents will run.",
     no_args_is_help=True,
 )
 
@@ -62,6 +62,40 @@ def validate_command(
     raise typer.Exit(0 if report.valid else 1)
 
 
+@app.command("import")
+def import_command(
+    file: PlanFile,
+    json_out: JsonFlag = False,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", min=1, max=100, help="Attempts before a ticket is dead."),
+    ] = None,
+    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+) -> None:
+    """Store a plan on the control plane; tickets without dependencies become ready.
+
+    An invalid plan is refused whole (exit 1) with every problem listed; nothing is stored.
+    """
+    spec = _load(file)
+    report = validate(spec)
+    if not report.valid:
+        if json_out:
+            common.print_json(report)
+        else:
+            _print_validation(file, spec, report)
+        raise typer.Exit(1)
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        plan = api_client.create_plan(spec, max_attempts)
+    if json_out:
+        common.print_json(plan)
+    else:
+        ready = plan.counts.get("ready", 0)
+        common.console.print(
+            f"plan {plan.id} “{escape(plan.title)}”: {plan.ticket_count} tickets, {ready} ready"
+        )
+
+
 def waves_command(file: PlanFile, json_out: JsonFlag = False) -> None:
     """Show the waves and the critical path of a local plan file.
 
@@ -88,7 +122,7 @@ def _load(file: Path) -> PlanSpec:
 
 def _fail(exc: SwarmError) -> NoReturn:
     # common.fail prints with Rich markup on; ids and paths in the message are data.
-    common.fail(escape(exc.message), exc.exit_code)
+    common.fail(exc.message, exc.exit_code)
 
 
 # -- human output ----------------------------------------------------------------------------

@@ -43,10 +43,12 @@ def _v1_initial(tx: Tx) -> None:
             result {txt},
             UNIQUE (plan_id, key)
         )""",
-        # The claim reads this index in order and stops at the first row.
-        "CREATE INDEX tickets_claim ON tickets (state, rank DESC, priority DESC, id)",
-        "CREATE INDEX tickets_lease ON tickets (state, lease_expires_at)",
-        "CREATE INDEX tickets_retry ON tickets (state, retry_at)",
+        # Partial indexes hold only the rows each query looks for, so a state change touches
+        # at most the index it leaves and the one it enters. The claim reads the first row.
+        "CREATE INDEX tickets_claim ON tickets (rank DESC, priority DESC, id) "
+        "WHERE state = 'ready'",
+        "CREATE INDEX tickets_lease ON tickets (lease_expires_at) WHERE state = 'claimed'",
+        "CREATE INDEX tickets_retry ON tickets (retry_at) WHERE state = 'failed'",
         """CREATE TABLE deps (
             ticket_id INTEGER NOT NULL REFERENCES tickets(id),
             depends_on_id INTEGER NOT NULL REFERENCES tickets(id),

@@ -142,7 +142,7 @@ class TicketStore:
         """Append events as the last step of a write transaction, and signal them."""
         if not events:
             return
-        tx.lock_events()
+        tx.before_events(sum(1 for e in events if e[0] == "ticket.ready"))
         now = self.clock()
         tx.executemany(
             "INSERT INTO events (ts, kind, plan_id, ticket_id, data) "
@@ -152,7 +152,6 @@ class TicketStore:
                 for k, p, t, d in events
             ],
         )
-        tx.notify(str(sum(1 for e in events if e[0] == "ticket.ready")))
 
     def events_after(
         self, after: int = 0, *, limit: int = 1000, plan_id: int | None = None
@@ -363,13 +362,14 @@ class TicketStore:
         """Extend a live lease; returns the new expiry."""
         now = self.clock()
         expires = now + (ttl_s or self.lease_ttl_s)
-        with self.db.tx() as tx:
-            hit = tx.scalar(
-                "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now "
-                f"WHERE {_LIVE_LEASE} RETURNING id",
-                {"exp": expires, "now": now, "id": ticket_id, "epoch": epoch},
-            )
-            if hit is None:
+        # One statement: its own transaction, no BEGIN/COMMIT round trips.
+        hit = self.db.execute_once(
+            "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now "
+            f"WHERE {_LIVE_LEASE} RETURNING id",
+            {"exp": expires, "now": now, "id": ticket_id, "epoch": epoch},
+        )
+        if hit is None:
+            with self.db.read() as tx:
                 raise self._why_stale(tx, ticket_id, epoch, now)
         return expires
 
