@@ -42,6 +42,7 @@ class Dialect:
     for_update: str  # appended to a SELECT that is followed by an UPDATE of the same row
     autoincrement_pk: str
     real: str
+    bigint: str
 
     def sql(self, statement: str) -> str:
         """Our ``:name`` parameters in the driver's own style."""
@@ -51,13 +52,14 @@ class Dialect:
 
 
 # Rows are never deleted, so SQLite's rowid already grows without AUTOINCREMENT's extra write.
-SQLITE = Dialect("sqlite", "", "", "INTEGER PRIMARY KEY", "REAL")
+SQLITE = Dialect("sqlite", "", "", "INTEGER PRIMARY KEY", "REAL", "INTEGER")
 POSTGRESQL = Dialect(
     "postgresql",
     "FOR UPDATE SKIP LOCKED",
     "FOR UPDATE",
     "BIGSERIAL PRIMARY KEY",
     "DOUBLE PRECISION",
+    "BIGINT",
 )
 
 

@@ -5,6 +5,7 @@ one place and never show a traceback for a mistake the caller can fix::
 
     SwarmError                      500 / exit 1
     ├── UsageError                  400 / exit 2   bad input: unparseable file, wrong types
+    │   ├── InvalidRequest          422 / exit 2   a body or parameter that breaks the schema
     │   └── PlanInvalid             422 / exit 1   a plan that parses but breaks the rules
     ├── AuthError                   401 / exit 2   missing, malformed or unknown token
     ├── Forbidden                   403 / exit 2   a valid token touching what it may not
@@ -43,6 +44,11 @@ class UsageError(SwarmError):
     status_code = 400
     exit_code = 2
     code = "bad_request"
+
+
+class InvalidRequest(UsageError):
+    status_code = 422
+    code = "invalid_request"
 
 
 class PlanInvalid(UsageError):
@@ -95,6 +101,7 @@ _BY_CODE: dict[str, type[SwarmError]] = {
     for cls in (
         SwarmError,
         UsageError,
+        InvalidRequest,
         PlanInvalid,
         AuthError,
         Forbidden,

@@ -18,7 +18,8 @@ from swarmstack.auth import (
 from swarmstack.db import Database
 from swarmstack.errors import AuthError, NotFound, UsageError
 
-_MAX_INT = 2**31 - 1  # ids are 32-bit in PostgreSQL
+_MAX_INT = 2**63 - 1  # ids are 64-bit integers in the database, epochs 32-bit
+_MAX_EPOCH = 2**31 - 1
 
 
 class TokenStore:
@@ -49,7 +50,8 @@ class TokenStore:
     def revoke(self, token_id: int) -> None:
         with self.db.tx() as tx:
             hit = tx.scalar(
-                "UPDATE tokens SET revoked_at = :now WHERE id = :id RETURNING id",
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, :now) WHERE id = :id "
+                "RETURNING id",
                 {"now": self.clock(), "id": token_id},
             )
         if hit is None:
@@ -69,7 +71,8 @@ class TokenStore:
             raise AuthError("malformed token")
         kind, ident = parsed
         numbers = [int(x) for x in ident.split("-")]
-        if (kind is TokenKind.LEASE) != (len(numbers) == 2) or max(numbers) > _MAX_INT:
+        too_big = numbers[0] > _MAX_INT or (len(numbers) == 2 and numbers[1] > _MAX_EPOCH)
+        if (kind is TokenKind.LEASE) != (len(numbers) == 2) or too_big:
             raise AuthError("malformed token")
         if kind is TokenKind.LEASE:
             ticket_id, epoch = numbers

@@ -36,5 +36,5 @@ Context = Annotated[Ctx, Depends(context)]
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer (401 and 422 always)."""
-    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
+    """OpenAPI entries for the error statuses a route can answer (400, 401 and 422 always)."""
+    return {code: {"model": ErrorBody} for code in (400, 401, 422, *codes)}

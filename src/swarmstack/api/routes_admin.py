@@ -61,7 +61,10 @@ async def list_tokens(ctx: Context) -> list[TokenInfo]:
 
 
 @router.delete(
-    "/v1/tokens/{token_id}", status_code=204, responses=error_responses(403, 404), tags=["admin"]
+    "/v1/tokens/{token_id:int}",
+    status_code=204,
+    responses=error_responses(403, 404),
+    tags=["admin"],
 )
 async def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_ID)], ctx: Context) -> Response:
     """Revoke a token; requests that carry it are refused from now on."""

@@ -83,7 +83,7 @@ def _check_epoch(caller: Principal, ticket_id: int, epoch: int) -> None:
 
 
 @router.post(
-    "/tickets/{ticket_id}/heartbeat",
+    "/tickets/{ticket_id:int}/heartbeat",
     response_model=HeartbeatResponse,
     responses=error_responses(403, 404, 409),
     tags=["agents"],
@@ -97,7 +97,7 @@ async def heartbeat(ticket_id: IdPath, body: HeartbeatRequest, ctx: Context) -> 
 
 
 @router.post(
-    "/tickets/{ticket_id}/complete",
+    "/tickets/{ticket_id:int}/complete",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
     tags=["agents"],
@@ -116,7 +116,7 @@ async def complete(ticket_id: IdPath, body: CompleteRequest, ctx: Context) -> Re
 
 
 @router.post(
-    "/tickets/{ticket_id}/fail",
+    "/tickets/{ticket_id:int}/fail",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
     tags=["agents"],

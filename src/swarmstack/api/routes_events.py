@@ -23,7 +23,7 @@ KEEPALIVE_S = 15.0
 @router.get("/events", response_model=EventPage, responses=error_responses(403), tags=["events"])
 async def list_events(
     ctx: Context,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> EventPage:

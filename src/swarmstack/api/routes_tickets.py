@@ -18,6 +18,7 @@ from swarmstack.api.state import (
 )
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
+    Phase,
     Plan,
     PlanSpec,
     Ticket,
@@ -62,6 +63,7 @@ async def validate_plan(
     strict: Annotated[bool, Query(description="file conflicts are errors")] = False,
 ) -> ValidationReport:
     """Check a plan without storing it: every problem at once."""
+    require_admin(ctx.caller)
     return graph.validate(spec, strict=strict)
 
 
@@ -72,7 +74,7 @@ async def list_plans(ctx: Context) -> list[Plan]:
 
 
 @router.get(
-    "/plans/{plan_id}", response_model=Plan, responses=error_responses(403, 404), tags=["plans"]
+    "/plans/{plan_id:int}", response_model=Plan, responses=error_responses(403, 404), tags=["plans"]
 )
 async def get_plan(plan_id: IdPath, ctx: Context) -> Plan:
     require_admin(ctx.caller)
@@ -80,7 +82,7 @@ async def get_plan(plan_id: IdPath, ctx: Context) -> Plan:
 
 
 @router.get(
-    "/plans/{plan_id}/waves",
+    "/plans/{plan_id:int}/waves",
     response_model=WavesReport,
     responses=error_responses(403, 404),
     tags=["plans"],
@@ -99,7 +101,7 @@ async def list_tickets(
     ctx: Context,
     plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     ticket_state: Annotated[list[TicketState] | None, Query(alias="state")] = None,
-    phase: Annotated[str | None, Query(max_length=50)] = None,
+    phase: Phase | None = None,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> TicketPage:
@@ -113,7 +115,7 @@ async def list_tickets(
 
 
 @router.get(
-    "/tickets/{ticket_id}",
+    "/tickets/{ticket_id:int}",
     response_model=Ticket,
     responses=error_responses(403, 404),
     tags=["tickets"],
@@ -124,7 +126,7 @@ async def get_ticket(ticket_id: IdPath, ctx: Context) -> Ticket:
 
 
 @router.post(
-    "/tickets/{ticket_id}/cancel",
+    "/tickets/{ticket_id:int}/cancel",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
     tags=["tickets"],
@@ -138,7 +140,7 @@ async def cancel_ticket(
 
 
 @router.post(
-    "/tickets/{ticket_id}/retry",
+    "/tickets/{ticket_id:int}/retry",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
     tags=["tickets"],

@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swarmstack.tickets.models import Event, Ticket, TicketResult
+from swarmstack.tickets.models import Event, Text, Ticket, TicketResult
 
-# Ids and epochs are 32-bit integers in PostgreSQL; larger ones cannot exist.
-MAX_ID = 2**31 - 1
+# Ids are 64-bit and epochs 32-bit integers in the database; larger ones cannot exist.
+MAX_ID = 2**63 - 1
+MAX_EPOCH = 2**31 - 1
 
 
 class ErrorBody(BaseModel):
@@ -19,24 +20,24 @@ class ErrorBody(BaseModel):
 
 
 class ClaimRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    agent: str = Field(min_length=1, max_length=200, description="who is claiming, for the record")
+    agent: Text = Field(min_length=1, max_length=200, description="who is claiming, for the record")
     plan_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="only this plan")
     wait_s: float = Field(default=0.0, ge=0, le=3600, description="long-poll up to this long")
-    ttl_s: float | None = Field(default=None, gt=0, le=86_400, description="lease length")
+    ttl_s: float | None = Field(default=None, ge=1, le=86_400, description="lease length")
 
 
 class LeaseWrite(BaseModel):
     """Every agent write names the epoch of the lease it holds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    epoch: int = Field(ge=1, le=MAX_ID)
+    epoch: int = Field(ge=1, le=MAX_EPOCH)
 
 
 class HeartbeatRequest(LeaseWrite):
-    ttl_s: float | None = Field(default=None, gt=0, le=86_400)
+    ttl_s: float | None = Field(default=None, ge=1, le=86_400)
 
 
 class HeartbeatResponse(BaseModel):
@@ -50,14 +51,14 @@ class CompleteRequest(LeaseWrite):
 
 
 class FailRequest(LeaseWrite):
-    reason: str = Field(min_length=1, max_length=20_000)
+    reason: Text = Field(min_length=1, max_length=20_000)
     retryable: bool = True
 
 
 class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field(default="cancelled by an operator", min_length=1, max_length=2_000)
+    reason: Text = Field(default="cancelled by an operator", min_length=1, max_length=2_000)
 
 
 class TicketPage(BaseModel):
@@ -71,10 +72,10 @@ class EventPage(BaseModel):
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["admin", "agent"]
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class TokenCreated(BaseModel):

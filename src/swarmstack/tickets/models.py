@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 Phase = Literal["skeleton", "expansion", "validation"]
+
+# Text that PostgreSQL can store: no NUL characters (SQLite would, but one rule for both).
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 
 
 class TicketState(enum.StrEnum):
@@ -34,16 +37,17 @@ class TicketSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=200)
-    title: str = Field(default="", max_length=500)
-    body: str = ""
+    id: Text = Field(min_length=1, max_length=200)
+    title: Text = Field(default="", max_length=500)
+    body: Text = ""
     phase: Phase = "expansion"
-    depends_on: list[str] = Field(default_factory=list)
-    files: list[str] = Field(default_factory=list)
-    acceptance: list[str] = Field(default_factory=list)
-    estimate: float = Field(default=1.0, gt=0, le=10_000)
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    covers: list[str] = Field(default_factory=list)
+    depends_on: list[Text] = Field(default_factory=list)
+    files: list[Text] = Field(default_factory=list)
+    acceptance: list[Text] = Field(default_factory=list)
+    # Strict: numbers only — a boolean or a string here is a mistake, not a 1 or a 0.
+    estimate: Annotated[float, Strict()] = Field(default=1.0, gt=0, le=10_000)
+    priority: Annotated[int, Strict()] = Field(default=0, ge=-1000, le=1000)
+    covers: list[Text] = Field(default_factory=list)
 
 
 class PlanSpec(BaseModel):
@@ -51,8 +55,8 @@ class PlanSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=500)
-    description: str = ""
+    title: Text = Field(min_length=1, max_length=500)
+    description: Text = ""
     tickets: list[TicketSpec]
 
 
@@ -98,10 +102,10 @@ class TicketResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    summary: str = Field(default="", max_length=20_000)
-    branch: str | None = Field(default=None, max_length=500)
-    pull_request: str | None = Field(default=None, max_length=2_000)
-    cost_usd: float = Field(default=0.0, ge=0)
+    summary: Text = Field(default="", max_length=20_000)
+    branch: Text | None = Field(default=None, max_length=500)
+    pull_request: Text | None = Field(default=None, max_length=2_000)
+    cost_usd: Annotated[float, Strict()] = Field(default=0.0, ge=0, le=1e9)
 
 
 class Ticket(BaseModel):

@@ -6,7 +6,7 @@ from swarmstack.db import Migration, Tx
 
 
 def _v1_initial(tx: Tx) -> None:
-    pk, real, txt = tx.dialect.autoincrement_pk, tx.dialect.real, "TEXT"
+    pk, real, big, txt = tx.dialect.autoincrement_pk, tx.dialect.real, tx.dialect.bigint, "TEXT"
     statements = [
         f"""CREATE TABLE plans (
             id {pk},
@@ -17,7 +17,7 @@ def _v1_initial(tx: Tx) -> None:
         )""",
         f"""CREATE TABLE tickets (
             id {pk},
-            plan_id INTEGER NOT NULL REFERENCES plans(id),
+            plan_id {big} NOT NULL REFERENCES plans(id),
             key {txt} NOT NULL,
             title {txt} NOT NULL,
             body {txt} NOT NULL,
@@ -49,15 +49,15 @@ def _v1_initial(tx: Tx) -> None:
         "WHERE state = 'ready'",
         "CREATE INDEX tickets_lease ON tickets (lease_expires_at) WHERE state = 'claimed'",
         "CREATE INDEX tickets_retry ON tickets (retry_at) WHERE state = 'failed'",
-        """CREATE TABLE deps (
-            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
-            depends_on_id INTEGER NOT NULL REFERENCES tickets(id),
+        f"""CREATE TABLE deps (
+            ticket_id {big} NOT NULL REFERENCES tickets(id),
+            depends_on_id {big} NOT NULL REFERENCES tickets(id),
             PRIMARY KEY (ticket_id, depends_on_id)
         )""",
         "CREATE INDEX deps_reverse ON deps (depends_on_id, ticket_id)",
         f"""CREATE TABLE attempts (
             id {pk},
-            ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+            ticket_id {big} NOT NULL REFERENCES tickets(id),
             epoch INTEGER NOT NULL,
             agent {txt} NOT NULL,
             token_hash {txt} NOT NULL,
@@ -80,8 +80,8 @@ def _v1_initial(tx: Tx) -> None:
             seq {pk},
             ts {real} NOT NULL,
             kind {txt} NOT NULL,
-            plan_id INTEGER,
-            ticket_id INTEGER,
+            plan_id {big},
+            ticket_id {big},
             data {txt} NOT NULL
         )""",
     ]

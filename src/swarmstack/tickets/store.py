@@ -61,7 +61,7 @@ def _digest(payload: Any) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    """What a committed transaction changed, for wake-ups: tickets that became ready."""
+    """A committed transaction appended events; ``ready`` tickets became claimable."""
 
     ready: int = 0
 
@@ -128,13 +128,12 @@ class TicketStore:
         self.db.close()
 
     def subscribe(self, callback: Callable[[Change], None]) -> None:
-        """Call ``callback`` after every commit that made tickets ready (in this process)."""
+        """Call ``callback`` after every commit that appended events (in this process)."""
         self._subscribers.append(callback)
 
     def _publish(self, ready: int) -> None:
-        if ready:
-            for callback in self._subscribers:
-                callback(Change(ready=ready))
+        for callback in self._subscribers:
+            callback(Change(ready=ready))
 
     # -- events ------------------------------------------------------------------------------
 
@@ -337,7 +336,7 @@ class TicketStore:
     ) -> Lease | None:
         """Atomically pick the best ready ticket and lease it to ``agent``; None if none."""
         now = self.clock()
-        ttl = ttl_s or self.lease_ttl_s
+        ttl = self.lease_ttl_s if ttl_s is None else ttl_s
         with self.db.tx() as tx:
             row = tx.one(
                 self._claim_sql[plan_id is not None],
@@ -354,6 +353,7 @@ class TicketStore:
             )
             data = {"agent": agent, "epoch": ticket.epoch, "attempt": ticket.attempts}
             self._append(tx, [("ticket.claimed", ticket.plan_id, ticket.id, data)])
+        self._publish(0)
         return Lease(
             ticket=ticket, epoch=ticket.epoch, expires_at=now + ttl, token=token, ttl_s=ttl
         )
@@ -361,7 +361,7 @@ class TicketStore:
     def heartbeat(self, ticket_id: int, epoch: int, *, ttl_s: float | None = None) -> float:
         """Extend a live lease; returns the new expiry."""
         now = self.clock()
-        expires = now + (ttl_s or self.lease_ttl_s)
+        expires = now + (self.lease_ttl_s if ttl_s is None else ttl_s)
         # One statement: its own transaction, no BEGIN/COMMIT round trips.
         hit = self.db.execute_once(
             "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now "
@@ -429,7 +429,8 @@ class TicketStore:
             dead = not retryable or attempts >= int(current["max_attempts"])
             delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
             row = tx.one(
-                "UPDATE tickets SET state = :state, retry_at = :retry, lease_expires_at = NULL, "
+                "UPDATE tickets SET state = :state, retry_at = :retry, lease_agent = NULL, "
+                "lease_expires_at = NULL, "
                 f"last_error = :reason, updated_at = :now WHERE {_LIVE_LEASE} "
                 f"RETURNING {TICKET_COLUMNS}",
                 {
@@ -446,6 +447,7 @@ class TicketStore:
             self._end_attempt(tx, ticket, epoch, ticket.state.value, request, now)
             data = {"epoch": epoch, "reason": reason, "retry_at": ticket.retry_at}
             self._append(tx, [(f"ticket.{ticket.state.value}", ticket.plan_id, ticket.id, data)])
+        self._publish(0)
         return ticket
 
     def _end_attempt(
@@ -506,8 +508,8 @@ class TicketStore:
         now = self.clock()
         with self.db.tx() as tx:
             row = tx.one(
-                "UPDATE tickets SET state = 'cancelled', lease_expires_at = NULL, "
-                "retry_at = NULL, last_error = :reason, updated_at = :now "
+                "UPDATE tickets SET state = 'cancelled', lease_agent = NULL, "
+                "lease_expires_at = NULL, retry_at = NULL, last_error = :reason, updated_at = :now "
                 f"WHERE id = :id AND state NOT IN ('done', 'cancelled') RETURNING {TICKET_COLUMNS}",
                 {"reason": reason, "now": now, "id": ticket_id},
             )
@@ -523,6 +525,7 @@ class TicketStore:
                 {"now": now, "t": ticket_id},
             )
             self._append(tx, [("ticket.cancelled", ticket.plan_id, ticket.id, {"reason": reason})])
+        self._publish(0)
         return ticket
 
     def retry(self, ticket_id: int) -> Ticket:
@@ -561,7 +564,8 @@ class TicketStore:
             expired = tx.all(
                 "UPDATE tickets SET "
                 "state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END, "
-                "ready_at = :now, lease_expires_at = NULL, updated_at = :now, "
+                "ready_at = CASE WHEN attempts >= max_attempts THEN ready_at ELSE :now END, "
+                "lease_agent = NULL, lease_expires_at = NULL, updated_at = :now, "
                 "last_error = 'lease expired' "
                 "WHERE state = 'claimed' AND lease_expires_at <= :now "
                 "RETURNING id, plan_id, epoch, state",
@@ -598,5 +602,6 @@ class TicketStore:
                 "WHERE state = 'claimed' UNION ALL SELECT MIN(retry_at) FROM tickets "
                 "WHERE state = 'failed') AS due"
             )
-        self._publish(len(result.expired) + len(result.promoted))
+        if events:
+            self._publish(len(result.expired) + len(result.promoted))
         return result
