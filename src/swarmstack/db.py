@@ -148,6 +148,8 @@ class Database:
         self._all: list[Any] = []
         self._lock = threading.Lock()
         self._cache: dict[str, str] = {}
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     def _connect(self) -> Any:
         conn: Any
@@ -162,6 +164,8 @@ class Database:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
             conn.execute("PRAGMA foreign_keys=ON")
+            if self._checkpointer is not None:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         else:
             import psycopg
 
@@ -236,7 +240,41 @@ class Database:
         """A read transaction: one consistent snapshot, no write lock."""
         return self._transaction("BEGIN")
 
+    def checkpoint_in_background(self, interval_s: float = 0.25) -> None:
+        """SQLite: move WAL checkpoints off the request path, into a thread of their own.
+
+        A checkpoint copies the WAL into the database file and syncs it; left to SQLite, the
+        commit that crosses the threshold pays for that, and on a slow disk one unlucky request
+        waits for the sync. The thread's connection releases the GIL while it writes."""
+        if self.dialect is not SQLITE or self._checkpointer is not None:
+            return
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(interval_s,), name="swarm-checkpoint", daemon=True
+        )
+        with self._lock:
+            for conn in self._all:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        conn = sqlite3.connect(self._path, timeout=self._busy_ms / 1000, isolation_level=None)
+        try:
+            while not self._stop_checkpoints.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or locked: the next round catches up
+                    continue
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            return
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join(timeout=10)
+            self._checkpointer = None
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:

@@ -16,7 +16,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarmstack import __version__
-from swarmstack.api import routes_admin, routes_agents, routes_events, routes_tickets
+from swarmstack.api import lean, routes_admin, routes_agents, routes_events, routes_tickets
 from swarmstack.api.state import AppState
 from swarmstack.config import Settings
 from swarmstack.errors import SwarmError
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.schema_version = state.store.migrate()
+        state.store.db.checkpoint_in_background()
         listener: PgListener | None = None
         if state.store.db.dialect.name == "postgresql":
             listener = PgListener(state.store.db.conninfo, state.waker, asyncio.get_running_loop())
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
         version=__version__,
         description="Tickets, claims with leases, and the event stream of a Swarm.",
         lifespan=lifespan,
+        # Prometheus at /metrics is the metrics story; OpenTelemetry's per-request checks
+        # cost more than a heartbeat's database work.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.swarm = state
     app.include_router(routes_agents.router)  # first: the hot path matches soonest
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
     app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
     _install_error_handlers(app)
+    lean.install_openapi(app)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(RequestMetrics, state=state)
     return app

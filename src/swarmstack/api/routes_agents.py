@@ -1,48 +1,48 @@
 """The agent lease protocol: claim (long-poll), heartbeat, complete, fail.
 
 These are the hot routes — every ticket passes through each — so they are registered first
-(routing tries routes in order), take one dependency, and answer with bytes pydantic made.
+(routing tries routes in order) and are lean routes (see :mod:`swarmstack.api.lean`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from swarmstack.api.deps import Context, IdPath, error_responses
+from swarmstack.api import lean
+from swarmstack.api.deps import error_responses
 from swarmstack.api.schemas import (
+    MAX_ID,
     ClaimRequest,
     CompleteRequest,
     FailRequest,
     HeartbeatRequest,
     HeartbeatResponse,
 )
-from swarmstack.api.state import require_claimer, require_ticket_access
-from swarmstack.auth import Principal, TokenKind
-from swarmstack.errors import StaleLease
+from swarmstack.api.state import AppState, require_claimer, require_ticket_access
+from swarmstack.auth import TokenKind
+from swarmstack.errors import NotFound, StaleLease
 from swarmstack.tickets.models import Lease, Ticket
 
 router = APIRouter(prefix="/v1", tags=["agents"])
-
-
-# -- the lease protocol --------------------------------------------------------------------
+_TICKET = {"ticket_id": MAX_ID}
 
 
 @router.post(
     "/claims",
     response_model=Lease,
     responses={204: {"description": "nothing ready within wait_s"}, **error_responses(403)},
-    tags=["agents"],
+    openapi_extra=lean.documented(ClaimRequest),
 )
-async def claim(body: ClaimRequest, request: Request, ctx: Context) -> Any:
+async def claim(request: Request) -> Response:
     """Lease the best ready ticket: highest upward rank, then priority, then id. With
     ``wait_s`` the request long-polls and returns the moment a ticket becomes ready."""
-    state = ctx.state
-    require_claimer(ctx.caller)
+    state, caller = lean.caller(request)
+    body = await lean.body(request, ClaimRequest)
+    require_claimer(caller)
     started = time.monotonic()
     wait = min(body.wait_s, state.settings.claim_wait_max_s)
     lease = state.store.claim(body.agent, plan_id=body.plan_id, ttl_s=body.ttl_s)
@@ -69,29 +69,33 @@ async def claim(body: ClaimRequest, request: Request, ctx: Context) -> Any:
 
 
 def _json(model: BaseModel) -> Response:
-    """The hot agent routes answer with bytes pydantic already made (the route's
-    response_model still documents the shape in OpenAPI)."""
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _check_epoch(caller: Principal, ticket_id: int, epoch: int) -> None:
+def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
+    """The app state and the ticket id, once the caller may write under this epoch."""
+    state, caller = lean.caller(request)
+    ticket_id: int = request.path_params["ticket_id"]
+    if ticket_id < 1 or ticket_id > MAX_ID:
+        raise NotFound(f"no ticket {ticket_id}")
     require_ticket_access(caller, ticket_id)
     if caller.kind is TokenKind.LEASE and caller.epoch != epoch:
         raise StaleLease(
             f"the body names epoch {epoch} but this lease token is for epoch {caller.epoch}"
         )
+    return state, ticket_id
 
 
 @router.post(
     "/tickets/{ticket_id:int}/heartbeat",
     response_model=HeartbeatResponse,
     responses=error_responses(403, 404, 409),
-    tags=["agents"],
+    openapi_extra=lean.documented(HeartbeatRequest, path_params=_TICKET),
 )
-async def heartbeat(ticket_id: IdPath, body: HeartbeatRequest, ctx: Context) -> Response:
+async def heartbeat(request: Request) -> Response:
     """Extend a live lease. 409 if the lease is stale or expired: stop working on it."""
-    state = ctx.state
-    _check_epoch(ctx.caller, ticket_id, body.epoch)
+    body = await lean.body(request, HeartbeatRequest)
+    state, ticket_id = _lease_write(request, body.epoch)
     expires = state.store.heartbeat(ticket_id, body.epoch, ttl_s=body.ttl_s)
     return _json(HeartbeatResponse(ticket_id=ticket_id, epoch=body.epoch, expires_at=expires))
 
@@ -100,12 +104,12 @@ async def heartbeat(ticket_id: IdPath, body: HeartbeatRequest, ctx: Context) -> 
     "/tickets/{ticket_id:int}/complete",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
-    tags=["agents"],
+    openapi_extra=lean.documented(CompleteRequest, path_params=_TICKET),
 )
-async def complete(ticket_id: IdPath, body: CompleteRequest, ctx: Context) -> Response:
+async def complete(request: Request) -> Response:
     """Finish the ticket. Repeating the same completion returns the same answer."""
-    state = ctx.state
-    _check_epoch(ctx.caller, ticket_id, body.epoch)
+    body = await lean.body(request, CompleteRequest)
+    state, ticket_id = _lease_write(request, body.epoch)
     try:
         ticket = state.store.complete(ticket_id, body.epoch, body.result)
     except StaleLease:
@@ -119,13 +123,13 @@ async def complete(ticket_id: IdPath, body: CompleteRequest, ctx: Context) -> Re
     "/tickets/{ticket_id:int}/fail",
     response_model=Ticket,
     responses=error_responses(403, 404, 409),
-    tags=["agents"],
+    openapi_extra=lean.documented(FailRequest, path_params=_TICKET),
 )
-async def fail(ticket_id: IdPath, body: FailRequest, ctx: Context) -> Response:
+async def fail(request: Request) -> Response:
     """Give the ticket up: it is retried after a backoff, or dead when out of attempts or
     when ``retryable`` is false."""
-    state = ctx.state
-    _check_epoch(ctx.caller, ticket_id, body.epoch)
+    body = await lean.body(request, FailRequest)
+    state, ticket_id = _lease_write(request, body.epoch)
     ticket = state.store.fail(ticket_id, body.epoch, body.reason, retryable=body.retryable)
     state.metrics.lease_writes.labels("fail", "ok").inc()
     return _json(ticket)

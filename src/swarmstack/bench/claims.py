@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from swarmstack.bench.dag import random_plan
+from swarmstack.bench.dag import layered_plan
 from swarmstack.bench.pg import scratch_database
 from swarmstack.bench.serverproc import ServerProcess
 from swarmstack.client import AiohttpSwarmClient, SwarmClient
@@ -121,9 +121,10 @@ def run(
     db: Literal["sqlite", "postgres"] = "sqlite",
     seed: int = 0,
     postgres_url: str | None = None,
+    width: int = 200,
 ) -> dict[str, Any]:
     """Run the benchmark end to end and return its one JSON object."""
-    spec = random_plan(tickets, seed=seed)
+    spec = layered_plan(tickets, width=width, seed=seed)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-bench-")))
         if db == "postgres":
@@ -137,8 +138,13 @@ def run(
             plan = admin.create_plan(spec)
             agent_token = admin.create_token("agent", "bench").token
             started = time.time()
+            cpu_before, own_before = server.cpu_seconds(), time.process_time()
             record = _run_agents(server.url, agent_token, agents, tickets)
             wall = time.time() - started
+            server_cpu, own_cpu = (
+                server.cpu_seconds() - cpu_before,
+                time.process_time() - own_before,
+            )
             final = admin.get_plan(plan.id)
         server.stop()
         ceiling = inproc_rate(spec, inproc_db)
@@ -151,6 +157,7 @@ def run(
         "db": db,
         "agents": agents,
         "tickets": tickets,
+        "dag": f"{-(-tickets // width)} layers of {width}, 1-2 dependencies each",
         "wall_s": round(wall, 3),
         "lifecycles_per_s": round(len(record.completed) / active, 1),
         "claim_p50_ms": _pct(record.claim_ms, 50),
@@ -161,5 +168,8 @@ def run(
         "double_claims": sum(n - 1 for n in record.claims_per_ticket.values() if n > 1),
         "lost": (tickets - server_done) + max(0, len(record.completed) - server_done),
         "inproc_lifecycles_per_s": round(ceiling, 1),
+        "server_cpu_per_lifecycle_us": round(server_cpu / tickets * 1e6),
+        "agents_cpu_per_lifecycle_us": round(own_cpu / tickets * 1e6),
+        "server_busy": round(server_cpu / wall, 2),
         "http_over_inproc": round(len(record.completed) / active / ceiling, 3),
     }

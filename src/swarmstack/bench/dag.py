@@ -33,6 +33,35 @@ def random_plan(tickets: int, *, seed: int = 0, max_deps: int = 2, window: int =
     return PlanSpec(title=f"synthetic DAG of {tickets}", tickets=specs)
 
 
+def layered_plan(tickets: int, *, width: int = 200, seed: int = 0, max_deps: int = 2) -> PlanSpec:
+    """Layers of ``width`` tickets; each ticket past the first layer depends on one to
+    ``max_deps`` random tickets of the layer before.
+
+    Every completion can make a dependent ready, so dispatch is exercised all the time, while
+    the ready set stays wider than a hundred agents: the benchmark measures the control plane,
+    not a DAG too narrow to keep the agents busy.
+    """
+    rng = random.Random(seed)
+    specs = []
+    for i in range(tickets):
+        layer, previous = divmod(i, width)[0], (i // width - 1) * width
+        deps: list[str] = []
+        if layer:
+            k = rng.randint(1, max_deps)
+            deps = sorted({f"T{previous + rng.randrange(width)}" for _ in range(k)})
+        specs.append(
+            TicketSpec(
+                id=f"T{i}",
+                title=f"synthetic ticket {i}",
+                depends_on=deps,
+                files=[f"src/mod_{i}.py"],
+                estimate=rng.choice((0.5, 1.0, 2.0)),
+                priority=rng.randint(0, 3),
+            )
+        )
+    return PlanSpec(title=f"layered DAG of {tickets} ({width} wide)", tickets=specs)
+
+
 def chain_plan(tickets: int) -> PlanSpec:
     """T0 <- T1 <- ... : the deepest possible DAG."""
     return PlanSpec(

@@ -80,6 +80,13 @@ class ServerProcess:
     def _log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-2000:].strip()
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        if self.proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self) -> None:
         """kill -9: no shutdown, no flush, as a crash would."""
         if self.proc and self.proc.poll() is None:

@@ -26,12 +26,15 @@ def claims(
         None, "--postgres-url", help="Admin URL to create a scratch database (postgres only)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random DAG."),
+    width: int = typer.Option(
+        200, "--width", min=1, help="Tickets per layer of the DAG (each depends on the last)."
+    ),
     json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
 ) -> None:
     """Agents over HTTP doing claim → heartbeat → complete on a DAG, against a real server."""
     from swarmstack.bench import claims as bench_claims
 
-    result = bench_claims.run(agents, tickets, db.value, seed, postgres_url)
+    result = bench_claims.run(agents, tickets, db.value, seed, postgres_url, width)
     if json_out:
         print_json(result)
     else:

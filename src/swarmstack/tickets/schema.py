@@ -47,6 +47,8 @@ def _v1_initial(tx: Tx) -> None:
         # at most the index it leaves and the one it enters. The claim reads the first row.
         "CREATE INDEX tickets_claim ON tickets (rank DESC, priority DESC, id) "
         "WHERE state = 'ready'",
+        "CREATE INDEX tickets_claim_plan ON tickets (plan_id, rank DESC, priority DESC, id) "
+        "WHERE state = 'ready'",
         "CREATE INDEX tickets_lease ON tickets (lease_expires_at) WHERE state = 'claimed'",
         "CREATE INDEX tickets_retry ON tickets (retry_at) WHERE state = 'failed'",
         f"""CREATE TABLE deps (

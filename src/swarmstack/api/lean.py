@@ -1,0 +1,96 @@
+"""Lean routes: the hot agent endpoints without FastAPI's per-request dependency solving.
+
+A claim, a heartbeat and a completion each pass through here once per ticket, and FastAPI's
+generic machinery (dependency graph, parameter models, response validation) costs more than the
+database work they do. These routes take only the ``Request``, parse the body with the same
+pydantic model in one call, and answer with bytes. The OpenAPI document still describes them
+exactly — body, path parameter, bearer auth — through :func:`documented`, and the schemathesis
+tests hold the description and the behaviour together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from swarmstack.api.state import AppState
+from swarmstack.auth import Principal
+from swarmstack.errors import AuthError
+
+M = TypeVar("M", bound=BaseModel)
+
+# Models whose schemas lean routes reference; add_components() puts them into the document.
+BODY_MODELS: list[type[BaseModel]] = []
+
+
+def documented(body: type[BaseModel], *, path_params: dict[str, int] | None = None) -> Any:
+    """``openapi_extra`` for a lean route: its JSON body, its integer path parameters (name →
+    maximum), and bearer auth."""
+    BODY_MODELS.append(body)
+    extra: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+            },
+        },
+        "security": [{"HTTPBearer": []}],
+    }
+    if path_params:
+        extra["parameters"] = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": maximum},
+            }
+            for name, maximum in path_params.items()
+        ]
+    return extra
+
+
+def add_components(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put the lean routes' body models (and the models they nest) into the document."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in BODY_MODELS:
+        doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in doc.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components.setdefault(model.__name__, doc)
+    schemes = schema["components"].setdefault("securitySchemes", {})
+    schemes.setdefault("HTTPBearer", {"type": "http", "scheme": "bearer"})
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Wrap ``app.openapi`` so the generated document includes the lean routes' models."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_components(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def caller(request: Request) -> tuple[AppState, Principal]:
+    """The app state and who is calling, from the Authorization header."""
+    state: AppState = request.app.state.swarm
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+    return state, state.authenticate_token(token)
+
+
+async def body(request: Request, model: type[M]) -> M:
+    """The request body as ``model``; a body that does not fit is a 422 like any other."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=raw) from None
