@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -89,6 +89,10 @@ def caller(request: Request) -> tuple[AppState, Principal]:
 async def body(request: Request, model: type[M]) -> M:
     """The request body as ``model``; a body that does not fit is a 422 like any other."""
     raw = await request.body()
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        raise HTTPException(400, "There was an error parsing the body") from None
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
-from swarmstack.tickets.models import Event, Text, Ticket, TicketResult
+from swarmstack.tickets.models import Event, Integer, Number, Text, Ticket, TicketResult
 
 # Ids are 64-bit and epochs 32-bit integers in the database; larger ones cannot exist.
 MAX_ID = 2**63 - 1
@@ -20,24 +20,24 @@ class ErrorBody(BaseModel):
 
 
 class ClaimRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     agent: Text = Field(min_length=1, max_length=200, description="who is claiming, for the record")
-    plan_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="only this plan")
-    wait_s: float = Field(default=0.0, ge=0, le=3600, description="long-poll up to this long")
-    ttl_s: float | None = Field(default=None, ge=1, le=86_400, description="lease length")
+    plan_id: Integer | None = Field(default=None, ge=1, le=MAX_ID, description="only this plan")
+    wait_s: Number = Field(default=0.0, ge=0, le=3600, description="long-poll up to this long")
+    ttl_s: Number | None = Field(default=None, ge=1, le=86_400, description="lease length")
 
 
 class LeaseWrite(BaseModel):
     """Every agent write names the epoch of the lease it holds."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
-    epoch: int = Field(ge=1, le=MAX_EPOCH)
+    epoch: Integer = Field(ge=1, le=MAX_EPOCH)
 
 
 class HeartbeatRequest(LeaseWrite):
-    ttl_s: float | None = Field(default=None, ge=1, le=86_400)
+    ttl_s: Number | None = Field(default=None, ge=1, le=86_400)
 
 
 class HeartbeatResponse(BaseModel):
@@ -52,11 +52,11 @@ class CompleteRequest(LeaseWrite):
 
 class FailRequest(LeaseWrite):
     reason: Text = Field(min_length=1, max_length=20_000)
-    retryable: bool = True
+    retryable: Annotated[bool, Strict()] = True
 
 
 class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     reason: Text = Field(default="cancelled by an operator", min_length=1, max_length=2_000)
 
@@ -72,7 +72,7 @@ class EventPage(BaseModel):
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["admin", "agent"]
     name: Text = Field(min_length=1, max_length=200)

@@ -5,12 +5,23 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 Phase = Literal["skeleton", "expansion", "validation"]
 
 # Text that PostgreSQL can store: no NUL characters (SQLite would, but one rule for both).
 Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+
+
+def _number_only(value: Any) -> Any:
+    # JSON's 3 and 3.0 are both numbers; true and "3" are not, whatever lax parsing allows.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a number")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_number_only)]
+Number = Annotated[float, BeforeValidator(_number_only)]
 
 
 class TicketState(enum.StrEnum):
@@ -44,9 +55,8 @@ class TicketSpec(BaseModel):
     depends_on: list[Text] = Field(default_factory=list)
     files: list[Text] = Field(default_factory=list)
     acceptance: list[Text] = Field(default_factory=list)
-    # Strict: numbers only — a boolean or a string here is a mistake, not a 1 or a 0.
-    estimate: Annotated[float, Strict()] = Field(default=1.0, gt=0, le=10_000)
-    priority: Annotated[int, Strict()] = Field(default=0, ge=-1000, le=1000)
+    estimate: Number = Field(default=1.0, gt=0, le=10_000)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)
     covers: list[Text] = Field(default_factory=list)
 
 
@@ -105,7 +115,7 @@ class TicketResult(BaseModel):
     summary: Text = Field(default="", max_length=20_000)
     branch: Text | None = Field(default=None, max_length=500)
     pull_request: Text | None = Field(default=None, max_length=2_000)
-    cost_usd: Annotated[float, Strict()] = Field(default=0.0, ge=0, le=1e9)
+    cost_usd: Number = Field(default=0.0, ge=0, le=1e9)
 
 
 class Ticket(BaseModel):
