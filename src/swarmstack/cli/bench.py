@@ -39,3 +39,20 @@ def claims(
         print_json(result)
     else:
         console.print(result)
+
+
+@app.command("validate")
+@guarded
+def validate(
+    tickets: int = typer.Option(10_000, "--tickets", min=1, max=1_000_000, help="Plan size."),
+    repeat: int = typer.Option(3, "--repeat", min=1, max=100, help="Runs; the best counts."),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """Plan validation and wave scheduling on a random DAG and on a chain."""
+    from swarmstack.bench import validate as bench_validate
+
+    result = bench_validate.run(tickets, repeat)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)
