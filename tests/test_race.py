@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 import _race_worker as worker
+from conftest import require_postgres
+from swarmstack.bench.pg import scratch_database
 from swarmstack.bench.serverproc import ServerProcess
 from swarmstack.client import SwarmClient
 from swarmstack.tickets.models import PlanSpec, TicketSpec, TicketState
@@ -44,7 +46,7 @@ def one_ticket_plan(round_no: int) -> PlanSpec:
 class Racers:
     """The worker processes and the shared state that drives them, round by round."""
 
-    def __init__(self, url: str, tokens: list[str]) -> None:
+    def __init__(self, urls: list[str], tokens: list[str]) -> None:
         # forkserver: the fork server imports the client (httpx, pydantic, ...) once and each
         # child is a cheap fork of it; spawn would import them 64 times over. Python 3.11's
         # fork server ignores the parent's sys.path, so it preloads only installed modules:
@@ -63,7 +65,7 @@ class Racers:
                 target=worker.run,
                 args=(
                     i,
-                    url,
+                    urls[i % len(urls)],  # with several replicas, workers alternate between them
                     token,
                     self.start,
                     self.done,
@@ -107,8 +109,8 @@ class Racers:
 
 
 @contextmanager
-def racers(url: str, tokens: list[str]) -> Iterator[Racers]:
-    r = Racers(url, tokens)
+def racers(urls: list[str], tokens: list[str]) -> Iterator[Racers]:
+    r = Racers(urls, tokens)
     try:
         yield r
     finally:
@@ -125,16 +127,34 @@ def all_events(admin: SwarmClient) -> list[Any]:
 
 
 def test_one_winner_per_round(database_url: str, tmp_path: Path) -> None:
+    race(database_url, tmp_path, replicas=1, rounds=ROUNDS)
+
+
+@pytest.mark.postgres
+def test_one_winner_per_round_across_two_replicas(tmp_path: Path) -> None:
+    """Two API servers share one PostgreSQL database (the multi-replica topology); the 64
+    workers alternate between them, so the claims really meet in the database: FOR UPDATE
+    SKIP LOCKED, not one server's event loop, is what keeps the winner single."""
+    require_postgres()
+    with scratch_database() as url:
+        race(url, tmp_path, replicas=2, rounds=ROUNDS // 2)
+
+
+def race(database_url: str, tmp_path: Path, *, replicas: int, rounds: int) -> None:
     began = time.perf_counter()
     with ExitStack() as stack:
-        server = stack.enter_context(ServerProcess(tmp_path / "data", database_url=database_url))
+        servers = [
+            stack.enter_context(ServerProcess(tmp_path / f"data-{n}", database_url=database_url))
+            for n in range(replicas)
+        ]
+        server = servers[0]
         admin = stack.enter_context(SwarmClient(server.url, server.admin_token))
         tokens = [admin.create_token("agent", worker.agent_name(i)).token for i in range(WORKERS)]
-        pool = stack.enter_context(racers(server.url, tokens))
+        pool = stack.enter_context(racers([s.url for s in servers], tokens))
         started = time.perf_counter()
 
         winners: dict[int, tuple[int, int]] = {}  # ticket id -> (worker index, epoch)
-        for round_no in range(ROUNDS):
+        for round_no in range(rounds):
             plan = admin.create_plan(one_ticket_plan(round_no))
             (ticket,) = admin.all_tickets(plan_id=plan.id)
             assert ticket.state is TicketState.READY
@@ -153,7 +173,7 @@ def test_one_winner_per_round(database_url: str, tmp_path: Path) -> None:
 
         # The server agrees: every ticket was claimed once, by the worker that says it won.
         tickets = admin.all_tickets()
-        assert len(tickets) == ROUNDS
+        assert len(tickets) == rounds
         for t in tickets:
             index, epoch = winners[t.id]
             assert (t.state, t.epoch, t.attempts) == (TicketState.CLAIMED, 1, 1), t
@@ -166,6 +186,6 @@ def test_one_winner_per_round(database_url: str, tmp_path: Path) -> None:
 
     total = time.perf_counter() - began
     print(
-        f"\nrace: {ROUNDS} rounds x {WORKERS} processes in {raced:.1f}s "
-        f"({raced / ROUNDS * 1000:.0f} ms/round); {total:.1f}s with start-up and checks"
+        f"\nrace ({replicas} replica(s)): {rounds} rounds x {WORKERS} processes in "
+        f"{raced:.1f}s ({raced / rounds * 1000:.0f} ms/round); {total:.1f}s in all"
     )
