@@ -35,7 +35,7 @@ from swarmstack.bench.serverproc import ServerProcess
 from swarmstack.client import AsyncSwarmClient, Calls, SwarmClient
 from swarmstack.db import Database
 from swarmstack.errors import StaleLease, Unavailable
-from swarmstack.tickets.models import Event, Ticket, TicketResult, TicketState
+from swarmstack.tickets.models import Ticket, TicketResult, TicketState
 
 pytestmark = pytest.mark.slow
 
@@ -206,15 +206,6 @@ class Swarm:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def all_events(admin: SwarmClient) -> list[Event]:
-    events: list[Event] = []
-    after = 0
-    while page := admin.events(after=after, limit=500).events:
-        events.extend(page)
-        after = page[-1].seq
-    return events
-
-
 def test_kill_9_and_restart_every_ticket_done_once(database_url: str, tmp_path: Path) -> None:
     began = time.perf_counter()
     swarm = Swarm(tmp_path / "data", database_url)
@@ -239,7 +230,7 @@ def test_kill_9_and_restart_every_ticket_done_once(database_url: str, tmp_path: 
 
         with SwarmClient(swarm.server.url, admin_token) as admin:
             tickets = admin.all_tickets(plan_id=plan.id)
-            events = all_events(admin)
+            events = admin.all_events()
     finally:
         swarm.shutdown()
 

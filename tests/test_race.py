@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -117,15 +116,6 @@ def racers(urls: list[str], tokens: list[str]) -> Iterator[Racers]:
         r.close()
 
 
-def all_events(admin: SwarmClient) -> list[Any]:
-    events: list[Any] = []
-    after = 0
-    while page := admin.events(after=after, limit=10_000).events:
-        events.extend(page)
-        after = page[-1].seq
-    return events
-
-
 def test_one_winner_per_round(database_url: str, tmp_path: Path) -> None:
     race(database_url, tmp_path, replicas=1, rounds=ROUNDS)
 
@@ -180,7 +170,7 @@ def race(database_url: str, tmp_path: Path, *, replicas: int, rounds: int) -> No
             assert t.lease_agent == worker.agent_name(index)
             assert epoch == 1
         claims = collections.Counter(
-            e.ticket_id for e in all_events(admin) if e.kind == "ticket.claimed"
+            e.ticket_id for e in admin.all_events() if e.kind == "ticket.claimed"
         )
         assert claims == dict.fromkeys(winners, 1)
 

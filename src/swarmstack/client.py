@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 from swarmstack.api.schemas import EventPage, Health, TicketPage, TokenCreated, TokenInfo
 from swarmstack.errors import Unavailable, from_response
 from swarmstack.tickets.models import (
+    Event,
     Lease,
     Plan,
     PlanSpec,
@@ -308,6 +309,14 @@ class SwarmClient:
 
     def events(self, after: int = 0, limit: int = 1000, plan_id: int | None = None) -> EventPage:
         return self.send(Calls.events(after, limit, plan_id))
+
+    def all_events(self, after: int = 0, plan_id: int | None = None) -> list[Event]:
+        """Every event after ``after``, following pages."""
+        events: list[Event] = []
+        while page := self.events(after, limit=5000, plan_id=plan_id).events:
+            events.extend(page)
+            after = page[-1].seq
+        return events
 
     def create_token(self, kind: str, name: str) -> TokenCreated:
         return self.send(Calls.create_token(kind, name))

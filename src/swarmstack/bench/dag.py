@@ -7,6 +7,17 @@ import random
 from swarmstack.tickets.models import PlanSpec, TicketSpec
 
 
+def _synthetic(i: int, deps: list[str], rng: random.Random) -> TicketSpec:
+    return TicketSpec(
+        id=f"T{i}",
+        title=f"synthetic ticket {i}",
+        depends_on=deps,
+        files=[f"src/mod_{i}.py"],
+        estimate=rng.choice((0.5, 1.0, 2.0)),
+        priority=rng.randint(0, 3),
+    )
+
+
 def random_plan(tickets: int, *, seed: int = 0, max_deps: int = 2, window: int = 200) -> PlanSpec:
     """A random DAG: ticket i depends on up to ``max_deps`` of the ``window`` tickets before it.
 
@@ -20,16 +31,7 @@ def random_plan(tickets: int, *, seed: int = 0, max_deps: int = 2, window: int =
         lo = max(0, i - window)
         k = rng.randint(0, max_deps) if i else 0
         deps = sorted({f"T{rng.randrange(lo, i)}" for _ in range(k)}) if i else []
-        specs.append(
-            TicketSpec(
-                id=f"T{i}",
-                title=f"synthetic ticket {i}",
-                depends_on=deps,
-                files=[f"src/mod_{i}.py"],
-                estimate=rng.choice((0.5, 1.0, 2.0)),
-                priority=rng.randint(0, 3),
-            )
-        )
+        specs.append(_synthetic(i, deps, rng))
     return PlanSpec(title=f"synthetic DAG of {tickets}", tickets=specs)
 
 
@@ -49,16 +51,7 @@ def layered_plan(tickets: int, *, width: int = 200, seed: int = 0, max_deps: int
         if layer:
             k = rng.randint(1, max_deps)
             deps = sorted({f"T{previous + rng.randrange(width)}" for _ in range(k)})
-        specs.append(
-            TicketSpec(
-                id=f"T{i}",
-                title=f"synthetic ticket {i}",
-                depends_on=deps,
-                files=[f"src/mod_{i}.py"],
-                estimate=rng.choice((0.5, 1.0, 2.0)),
-                priority=rng.randint(0, 3),
-            )
-        )
+        specs.append(_synthetic(i, deps, rng))
     return PlanSpec(title=f"layered DAG of {tickets} ({width} wide)", tickets=specs)
 
 
