@@ -80,6 +80,9 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
     app.include_router(routes_events.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
+    app.add_middleware(
+        lean.FastLane, routes=routes_agents.router.routes, handlers=app.exception_handlers
+    )
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(RequestMetrics, state=state)
     return app

@@ -10,11 +10,15 @@ tests hold the description and the behaviour together.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swarmstack.api.state import AppState
 from swarmstack.auth import Principal
@@ -98,3 +102,49 @@ async def body(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=raw) from None
+
+
+class FastLane:
+    """Serve the lean routes straight from the ASGI scope.
+
+    The endpoints are the very functions the router holds (which also document them in
+    OpenAPI and serve them if this lane is not installed): only the dispatch differs — a regex
+    per route instead of the router's matching, wrappers and exit stacks. Errors go to the
+    app's own exception handlers, so answers are the same either way.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute],
+        handlers: dict[Any, Callable[..., Any]],
+    ) -> None:
+        self.app = app
+        self.routes = [r for r in routes if isinstance(r, APIRoute)]
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                match = route.path_regex.match(scope["path"])
+                if match is not None and scope["method"] in (route.methods or ()):
+                    await self._serve(route, match.groupdict(), scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, route: APIRoute, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        scope["route"] = route
+        scope["path_params"] = {k: route.param_convertors[k].convert(v) for k, v in params.items()}
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            handler = next(
+                (self.handlers[c] for c in type(exc).__mro__ if c in self.handlers), None
+            )
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
