@@ -118,6 +118,7 @@ def run_demo(
             "wall_s": round(time.monotonic() - started, 2),
             "critical_path": " → ".join(waves.critical_path),
         }
+        console.print()
         console.print(
             f"[green]done[/]: {summary['done']}/{summary['tickets']} tickets in "
             f"{summary['wall_s']}s; {summary['events']} events; critical path "
