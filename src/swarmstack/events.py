@@ -40,7 +40,11 @@ class Waker:
         self._claimers.append(future)
         return future
 
-    def unregister(self, future: asyncio.Future[None]) -> None:
+    def unregister(self, future: asyncio.Future[None], *, pass_on: bool = False) -> None:
+        """Leave the queue. With ``pass_on``, a wake-up this waiter received but did not use
+        is handed to the next waiter."""
+        if future.done() and not future.cancelled() and pass_on:
+            self.wake(1)
         if not future.done():
             future.cancel()
         with contextlib.suppress(ValueError):

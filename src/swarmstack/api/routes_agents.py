@@ -7,6 +7,7 @@ These are the hot routes — every ticket passes through each — so they are re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -44,26 +45,30 @@ async def claim(request: Request) -> Response:
     body = await lean.body(request, ClaimRequest)
     require_claimer(caller)
     started = time.monotonic()
-    wait = min(body.wait_s, state.settings.claim_wait_max_s)
-    lease = state.store.claim(body.agent, plan_id=body.plan_id, ttl_s=body.ttl_s)
-    deadline = started + wait
-    while lease is None and (remaining := deadline - time.monotonic()) > 0:
-        # Registered before we sleep and right after a claim found nothing, with no await in
-        # between, so a wake-up for a ticket that became ready in that gap cannot be missed.
+    deadline = started + min(body.wait_s, state.settings.claim_wait_max_s)
+    lease = None
+    while True:
+        # Registered before the claim runs (it may run in a worker thread while wake-ups
+        # arrive), so a ticket that becomes ready meanwhile cannot go unnoticed.
         woken = state.waker.register()
         try:
+            lease = await state.call(
+                state.store.claim, body.agent, plan_id=body.plan_id, ttl_s=body.ttl_s
+            )
+            remaining = deadline - time.monotonic()
+            if lease is not None or remaining <= 0:
+                break
             # A bounded nap also covers a wake-up lost with a dropped LISTEN connection.
             # asyncio.timeout, not wait_for: awaiting the future itself resumes this request
-            # in one trip through a busy event loop's queue instead of two.
-            async with asyncio.timeout(min(remaining, 2.0)):
-                await woken
-        except TimeoutError:
-            pass
+            # in one trip through a busy event loop's queue instead of two. No disconnect
+            # check after it either, for the same reason: a lease handed to an agent that
+            # left simply expires.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 2.0)):
+                    await woken
         finally:
-            state.waker.unregister(woken)
-        # No disconnect check here: it costs the woken claimer another trip through the
-        # event loop's queue, and a lease handed to an agent that left expires on its own.
-        lease = state.store.claim(body.agent, plan_id=body.plan_id, ttl_s=body.ttl_s)
+            # A wake-up this request did not need (it got a lease anyway) goes to the next.
+            state.waker.unregister(woken, pass_on=lease is not None)
     state.metrics.claim_wait.observe(time.monotonic() - started)
     state.metrics.claims.labels("claimed" if lease else "empty").inc()
     if lease is None:
@@ -99,7 +104,7 @@ async def heartbeat(request: Request) -> Response:
     """Extend a live lease. 409 if the lease is stale or expired: stop working on it."""
     body = await lean.body(request, HeartbeatRequest)
     state, ticket_id = _lease_write(request, body.epoch)
-    expires = state.store.heartbeat(ticket_id, body.epoch, ttl_s=body.ttl_s)
+    expires = await state.call(state.store.heartbeat, ticket_id, body.epoch, ttl_s=body.ttl_s)
     return _json(HeartbeatResponse(ticket_id=ticket_id, epoch=body.epoch, expires_at=expires))
 
 
@@ -114,7 +119,7 @@ async def complete(request: Request) -> Response:
     body = await lean.body(request, CompleteRequest)
     state, ticket_id = _lease_write(request, body.epoch)
     try:
-        ticket = state.store.complete(ticket_id, body.epoch, body.result)
+        ticket = await state.call(state.store.complete, ticket_id, body.epoch, body.result)
     except StaleLease:
         state.metrics.lease_writes.labels("complete", "stale").inc()
         raise
@@ -133,6 +138,8 @@ async def fail(request: Request) -> Response:
     when ``retryable`` is false."""
     body = await lean.body(request, FailRequest)
     state, ticket_id = _lease_write(request, body.epoch)
-    ticket = state.store.fail(ticket_id, body.epoch, body.reason, retryable=body.retryable)
+    ticket = await state.call(
+        state.store.fail, ticket_id, body.epoch, body.reason, retryable=body.retryable
+    )
     state.metrics.lease_writes.labels("fail", "ok").inc()
     return _json(ticket)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
 
@@ -15,6 +20,9 @@ from swarmstack.config import Settings
 from swarmstack.errors import AuthError, Forbidden
 from swarmstack.events import Waker
 from swarmstack.tickets.store import TicketStore
+
+T = TypeVar("T")
+DB_THREADS = 8  # PostgreSQL store calls in flight at once, each on its own connection
 
 # How long a verified admin or agent token is trusted without asking the database again: a
 # revocation reaches this replica at once and other replicas within this many seconds.
@@ -31,6 +39,19 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     schema_version: int = 0
     _auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    _limiter: anyio.CapacityLimiter | None = None  # made on first use, inside the event loop
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call: on the event loop for SQLite (one connection, no waiting on a
+        lock), in a worker thread with its own connection for PostgreSQL, so that one
+        request's round trips do not stall every other request."""
+        if self.store.db.dialect.name != "postgresql":
+            return fn(*args, **kwargs)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(DB_THREADS)
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self._limiter
+        )
 
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
