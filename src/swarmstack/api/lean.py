@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swarmstack.api.state import AppState
 from swarmstack.auth import Principal
-from swarmstack.errors import AuthError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -84,10 +83,7 @@ def install_openapi(app: FastAPI) -> None:
 def caller(request: Request) -> tuple[AppState, Principal]:
     """The app state and who is calling, from the Authorization header."""
     state: AppState = request.app.state.swarm
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not token or scheme.lower() != "bearer":
-        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
-    return state, state.authenticate_token(token)
+    return state, state.authenticate_header(request.headers.get("authorization", ""))
 
 
 async def body(request: Request, model: type[M]) -> M:

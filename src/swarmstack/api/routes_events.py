@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from swarmstack.api.deps import Context, error_responses
 from swarmstack.api.schemas import MAX_ID, EventPage
 from swarmstack.api.state import AppState, require_admin
-from swarmstack.errors import AuthError, SwarmError
+from swarmstack.errors import SwarmError
 
 router = APIRouter(prefix="/v1")
 # Sent when nothing happened for this long, so proxies keep the socket open and clients can
@@ -47,19 +47,12 @@ async def stream_events(
     Authenticate with ``Authorization: Bearer`` or ``?token=``; a refused handshake closes
     with code 4401 (no token or a bad one) or 4403 (not an admin)."""
     state: AppState = websocket.app.state.swarm
-    header = websocket.headers.get("authorization", "")
-    scheme, _, credential = header.partition(" ")
     # Accept first, then close with a reason: a refusal before accept reaches the client only
     # as a bare HTTP 403, and it could not tell a bad token from a missing one.
     await websocket.accept()
     try:
-        if credential and scheme.lower() == "bearer":
-            principal = state.authenticate_token(credential)
-        elif token:
-            principal = state.authenticate_token(token)
-        else:
-            raise AuthError("missing bearer token")
-        require_admin(principal)
+        header = websocket.headers.get("authorization", "")
+        require_admin(state.authenticate_header(header, fallback=token))
     except SwarmError as exc:
         await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
         return

@@ -22,6 +22,7 @@ from swarmstack.events import Waker
 from swarmstack.tickets.store import TicketStore
 
 T = TypeVar("T")
+MISSING_TOKEN = "missing bearer token: send 'Authorization: Bearer <token>'"
 DB_THREADS = 8  # PostgreSQL store calls in flight at once, each on its own connection
 
 # How long a verified admin or agent token is trusted without asking the database again: a
@@ -54,9 +55,19 @@ class AppState:
         )
 
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
-        return self.authenticate_token(credentials.credentials)
+        if credentials is None:
+            raise AuthError(MISSING_TOKEN)
+        return self.authenticate_header(f"{credentials.scheme} {credentials.credentials}")
+
+    def authenticate_header(self, header: str, fallback: str | None = None) -> Principal:
+        """Who an ``Authorization: Bearer <token>`` header names; ``fallback`` is a token from
+        elsewhere (a WebSocket's query string) used when the header is absent."""
+        scheme, _, token = header.partition(" ")
+        if token and scheme.lower() == "bearer":
+            return self.authenticate_token(token)
+        if fallback:
+            return self.authenticate_token(fallback)
+        raise AuthError(MISSING_TOKEN)
 
     def authenticate_token(self, token: str) -> Principal:
         """Check a token, remembering the answer for a few seconds (a lease token's identity
