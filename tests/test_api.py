@@ -490,6 +490,32 @@ def test_lease_token_reaches_only_its_own_ticket(api: Api) -> None:
     assert api.complete(first)["state"] == "done"
 
 
+def test_a_lease_token_works_on_every_replica_and_a_forged_one_on_none(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The replica that hands out a lease trusts its token without a look-up; any other
+    replica checks it against the database. Neither accepts a token with another secret."""
+    with (
+        running(make_settings(tmp_path / "one", database_url)) as one,
+        running(make_settings(tmp_path / "two", database_url)) as two,
+    ):
+        one.plan(spec(tk("A")))
+        lease = one.claim()
+        tid = lease["ticket"]["id"]
+        kind_and_id, _, secret = lease["token"].rpartition("_")
+        forged = f"{kind_and_id}_{'A' if secret[0] != 'A' else 'B'}{secret[1:]}"
+        for replica in (one, two):
+            err = assert_error(
+                replica.post(f"/v1/tickets/{tid}/heartbeat", forged, json_body={"epoch": 1}),
+                401,
+            )
+            assert "unknown token" in err["message"]
+        r = two.post(f"/v1/tickets/{tid}/heartbeat", lease["token"], json_body={"epoch": 1})
+        assert r.status_code == 200, r.text
+        assert two.complete(lease)["state"] == "done"
+        assert one.complete(lease)["state"] == "done"  # the same answer, from the other one
+
+
 def test_body_epoch_must_match_the_lease_token(api: Api) -> None:
     api.plan(spec(tk("A")))
     lease = api.claim()

@@ -822,6 +822,10 @@ def test_every_state_change_appends_exactly_one_event(store: TicketStore, clock:
     assert all(e.plan_id == p.id for e in events)
     assert [e.ts for e in events] == sorted(e.ts for e in events)
     assert [e.data.get("epoch") for e in events if e.kind == "ticket.claimed"] == [1, 2, 3, 1, 2]
+    # The same event bodies from both databases' code paths (one statement on PostgreSQL).
+    assert events[2].data == {"agent": "agent-1", "epoch": 1, "attempt": 1}
+    assert events[9].data == {"epoch": 3}
+    assert events[10].data == {}
 
 
 def test_events_after_pages_and_filters_by_plan(store: TicketStore) -> None:

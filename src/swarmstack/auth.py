@@ -1,8 +1,9 @@
 """Bearer tokens: issued at random, typed by prefix, stored only as SHA-256.
 
-A token reads ``sw<kind>_<row id>_<secret>``. The row id finds the stored hash in one indexed
-look-up and the hash is then compared in constant time, so neither the secret nor its hash is
-ever used as a search key.
+A token reads ``sw<kind>_<row id>_<secret>``. The row id finds the stored hash (of the secret)
+in one indexed look-up and the hash is then compared in constant time, so neither the secret nor
+its hash is ever used as a search key. Only the secret is hashed, so a lease's hash can be
+written before the claim has picked the ticket and epoch that name it.
 
 * ``swadmin_…`` — an operator: everything.
 * ``swagent_…`` — an agent or a sandbox host: may claim tickets, nothing else.
@@ -33,6 +34,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def secret_hash(secret: str) -> str:
+    """What the database keeps of a token: the SHA-256 of its secret part. The identifier
+    part is not hashed: it selects the one row whose hash the secret must match."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -51,7 +58,10 @@ def parse_token(token: str) -> tuple[TokenKind, str] | None:
 
 
 def hashes_match(token: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(token), stored_hash)
+    """Whether ``token``'s secret is the one ``stored_hash`` was made from (constant time)."""
+    match = _TOKEN_RE.match(token)
+    secret = match.group(3) if match else token
+    return hmac.compare_digest(secret_hash(secret), stored_hash)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     )
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     busy_timeout_ms: int = Field(default=10_000, ge=0)
+    db_threads: int = Field(
+        default=6,
+        ge=1,
+        le=256,
+        description="PostgreSQL: store calls of the agent routes in flight at once, "
+        "each in a thread with its own connection",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=0, le=65535)

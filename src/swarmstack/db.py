@@ -5,8 +5,9 @@ Everything that differs between the two lives in :class:`Dialect`: DDL types, th
 Swarm writes plain SQL with ``:name`` parameters and runs it inside :meth:`Database.tx`, which
 on SQLite begins with ``BEGIN IMMEDIATE`` so two writers never deadlock on a lock upgrade.
 
-Each thread keeps one connection open: the server runs every statement on its event-loop
-thread, so a request costs no pool checkout, and SQLite's WAL lets other threads read at once.
+Each thread keeps one connection open, so a call costs no pool checkout: on SQLite the server
+runs every statement on its event-loop thread (WAL lets other threads read at once), on
+PostgreSQL the agent routes' statements run in a few worker threads (see ``api/workers.py``).
 """
 
 from __future__ import annotations
@@ -88,9 +89,7 @@ class Tx:
 
     def all(self, statement: str, params: Params = None) -> list[Row]:
         cursor = self.execute(statement, params)
-        rows = cursor.fetchall()  # first: in pipeline mode the description comes with the rows
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return _as_dicts(cursor, cursor.fetchall())
 
     def one(self, statement: str, params: Params = None) -> Row | None:
         cursor = self.execute(statement, params)
@@ -99,11 +98,13 @@ class Tx:
             return None
         rest = cursor.fetchall()  # drain, so RETURNING statements finish on every driver
         del rest
-        return dict(zip([d[0] for d in cursor.description], row, strict=True))
+        return _as_dicts(cursor, [row])[0]
 
     def scalar(self, statement: str, params: Params = None) -> Any:
         row = self.execute(statement, params).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
     def before_events(self, ready: int) -> None:
         """On PostgreSQL: serialize event appends until commit, and NOTIFY the listeners
@@ -113,6 +114,24 @@ class Tx:
                 "SELECT pg_advisory_xact_lock(:k), pg_notify(:c, :p)",
                 {"k": EVENTS_LOCK_KEY, "c": NOTIFY_CHANNEL, "p": str(ready)},
             )
+
+
+def _as_dicts(cursor: Any, rows: list[Any]) -> list[Row]:
+    """Rows as dicts. psycopg connections make dicts already (``dict_row`` reads the column
+    names straight off the result; its ``description`` builds objects at every access);
+    sqlite3 rows are tuples, named from the description. Read the rows first: in pipeline
+    mode the description arrives with them."""
+    if not rows or isinstance(rows[0], dict):
+        return rows
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _returns_rows(cursor: Any) -> bool:
+    result = getattr(cursor, "pgresult", None)  # psycopg: ask the result, not the description
+    if result is not None:
+        return bool(result.nfields)
+    return cursor.description is not None
 
 
 def _sqlite_path(url: str) -> str:
@@ -168,8 +187,11 @@ class Database:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         else:
             import psycopg
+            from psycopg.rows import dict_row
 
-            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=10, row_factory=dict_row
+            )
         with self._lock:
             self._all.append(conn)
         return conn
@@ -220,17 +242,19 @@ class Database:
     def execute_once(self, statement: str, params: Params = None) -> Row | None:
         """One statement in its own implicit transaction; its first row, if any."""
         conn = self._connection()
+        sql = self._cache.get(statement)
+        if sql is None:
+            sql = self._cache[statement] = self.dialect.sql(statement)
         try:
             cursor = conn.cursor()
-            cursor.execute(self.dialect.sql(statement), params or {})
-            row = cursor.fetchone() if cursor.description else None
-            names = [d[0] for d in cursor.description] if cursor.description else []
+            cursor.execute(sql, params or {})
+            row = cursor.fetchone() if _returns_rows(cursor) else None
+            return None if row is None else _as_dicts(cursor, [row])[0]
         except Exception as exc:
             if _is_connection_error(exc):
                 self._discard(conn)
                 raise _unavailable(self.url, exc) from exc
             raise
-        return None if row is None else dict(zip(names, row, strict=True))
 
     def tx(self) -> Any:
         """A write transaction: committed on success, rolled back on any exception."""

@@ -84,6 +84,8 @@ class PgListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="swarm-pg-listen", daemon=True)
         self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: int | None = None  # ready tickets heard of but not yet passed on
 
     def start(self) -> None:
         self._thread.start()
@@ -105,10 +107,23 @@ class PgListener:
                     self._loop.call_soon_threadsafe(self._waker.wake, 1 << 30)
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
-                            ready = int(notice.payload or 0)
-                            self._loop.call_soon_threadsafe(self._waker.wake, ready)
+                            self._forward(int(notice.payload or 0))
             except Exception as exc:  # the database went away: retry, never die
                 if self._loop.is_closed():
                     return
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._stop.wait(0.5)
+
+    def _forward(self, ready: int) -> None:
+        """Hand a notification to the event loop. Under load several arrive before the loop
+        gets to the first: they travel together, as one wake-up of the sum."""
+        with self._lock:
+            first = self._pending is None
+            self._pending = (self._pending or 0) + ready
+        if first:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            ready, self._pending = self._pending or 0, None
+        self._waker.wake(ready)

@@ -10,10 +10,10 @@ from swarmstack.auth import (
     Principal,
     TokenKind,
     format_token,
-    hash_token,
     hashes_match,
     new_secret,
     parse_token,
+    secret_hash,
 )
 from swarmstack.db import Database
 from swarmstack.errors import AuthError, NotFound, UsageError
@@ -36,16 +36,11 @@ class TokenStore:
             row_id = int(
                 tx.scalar(
                     "INSERT INTO tokens (kind, name, token_hash, created_at) "
-                    "VALUES (:k, :n, '', :now) RETURNING id",
-                    {"k": kind.value, "n": name, "now": self.clock()},
+                    "VALUES (:k, :n, :h, :now) RETURNING id",
+                    {"k": kind.value, "n": name, "h": secret_hash(secret), "now": self.clock()},
                 )
             )
-            token = format_token(kind, str(row_id), secret)
-            tx.execute(
-                "UPDATE tokens SET token_hash = :h WHERE id = :id",
-                {"h": hash_token(token), "id": row_id},
-            )
-        return token
+        return format_token(kind, str(row_id), secret)
 
     def revoke(self, token_id: int) -> None:
         with self.db.tx() as tx:

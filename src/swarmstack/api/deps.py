@@ -28,7 +28,7 @@ class Ctx:
 
 async def context(request: Request, credentials: Credentials) -> Ctx:
     state: AppState = request.app.state.swarm
-    return Ctx(state, state.authenticate(credentials))
+    return Ctx(state, await state.authenticate(credentials))
 
 
 # One dependency per route: each one FastAPI solves costs time on every request.

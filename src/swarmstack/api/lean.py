@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swarmstack.api.state import AppState
+from swarmstack.api.workers import Priority
 from swarmstack.auth import Principal
 
 M = TypeVar("M", bound=BaseModel)
@@ -80,10 +81,13 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def caller(request: Request) -> tuple[AppState, Principal]:
+async def caller(
+    request: Request, priority: Priority = Priority.WRITE
+) -> tuple[AppState, Principal]:
     """The app state and who is calling, from the Authorization header."""
     state: AppState = request.app.state.swarm
-    return state, state.authenticate_header(request.headers.get("authorization", ""))
+    header = request.headers.get("authorization", "")
+    return state, await state.authenticate_header(header, priority=priority)
 
 
 async def body(request: Request, model: type[M]) -> M:

@@ -24,6 +24,7 @@ from swarmstack.api.schemas import (
     HeartbeatResponse,
 )
 from swarmstack.api.state import AppState, require_claimer, require_ticket_access
+from swarmstack.api.workers import Priority
 from swarmstack.auth import TokenKind
 from swarmstack.errors import NotFound, StaleLease
 from swarmstack.tickets.models import Lease, Ticket
@@ -41,7 +42,7 @@ _TICKET = {"ticket_id": MAX_ID}
 async def claim(request: Request) -> Response:
     """Lease the best ready ticket: highest upward rank, then priority, then id. With
     ``wait_s`` the request long-polls and returns the moment a ticket becomes ready."""
-    state, caller = lean.caller(request)
+    state, caller = await lean.caller(request, Priority.CLAIM)
     body = await lean.body(request, ClaimRequest)
     require_claimer(caller)
     started = time.monotonic()
@@ -53,7 +54,11 @@ async def claim(request: Request) -> Response:
         woken = state.waker.register()
         try:
             lease = await state.call(
-                state.store.claim, body.agent, plan_id=body.plan_id, ttl_s=body.ttl_s
+                state.store.claim,
+                body.agent,
+                plan_id=body.plan_id,
+                ttl_s=body.ttl_s,
+                priority=Priority.CLAIM,
             )
             remaining = deadline - time.monotonic()
             if lease is not None or remaining <= 0:
@@ -73,6 +78,7 @@ async def claim(request: Request) -> Response:
     state.metrics.claims.labels("claimed" if lease else "empty").inc()
     if lease is None:
         return Response(status_code=204)
+    state.remember_lease(lease, body.agent)
     return _json(lease)
 
 
@@ -80,9 +86,9 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
+async def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
     """The app state and the ticket id, once the caller may write under this epoch."""
-    state, caller = lean.caller(request)
+    state, caller = await lean.caller(request)
     ticket_id: int = request.path_params["ticket_id"]
     if ticket_id < 1 or ticket_id > MAX_ID:
         raise NotFound(f"no ticket {ticket_id}")
@@ -103,7 +109,7 @@ def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
 async def heartbeat(request: Request) -> Response:
     """Extend a live lease. 409 if the lease is stale or expired: stop working on it."""
     body = await lean.body(request, HeartbeatRequest)
-    state, ticket_id = _lease_write(request, body.epoch)
+    state, ticket_id = await _lease_write(request, body.epoch)
     expires = await state.call(state.store.heartbeat, ticket_id, body.epoch, ttl_s=body.ttl_s)
     return _json(HeartbeatResponse(ticket_id=ticket_id, epoch=body.epoch, expires_at=expires))
 
@@ -117,7 +123,7 @@ async def heartbeat(request: Request) -> Response:
 async def complete(request: Request) -> Response:
     """Finish the ticket. Repeating the same completion returns the same answer."""
     body = await lean.body(request, CompleteRequest)
-    state, ticket_id = _lease_write(request, body.epoch)
+    state, ticket_id = await _lease_write(request, body.epoch)
     try:
         ticket = await state.call(state.store.complete, ticket_id, body.epoch, body.result)
     except StaleLease:
@@ -137,7 +143,7 @@ async def fail(request: Request) -> Response:
     """Give the ticket up: it is retried after a backoff, or dead when out of attempts or
     when ``retryable`` is false."""
     body = await lean.body(request, FailRequest)
-    state, ticket_id = _lease_write(request, body.epoch)
+    state, ticket_id = await _lease_write(request, body.epoch)
     ticket = await state.call(
         state.store.fail, ticket_id, body.epoch, body.reason, retryable=body.retryable
     )

@@ -52,7 +52,7 @@ async def stream_events(
     await websocket.accept()
     try:
         header = websocket.headers.get("authorization", "")
-        require_admin(state.authenticate_header(header, fallback=token))
+        require_admin(await state.authenticate_header(header, fallback=token))
     except SwarmError as exc:
         await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
         return

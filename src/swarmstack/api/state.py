@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import functools
 import hmac
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from swarmstack.api.metrics import Metrics
+from swarmstack.api.workers import Priority, Workers
 from swarmstack.auth import Principal, TokenKind, hash_token
 from swarmstack.config import Settings
 from swarmstack.errors import AuthError, Forbidden
 from swarmstack.events import Waker
+from swarmstack.tickets.models import Lease
 from swarmstack.tickets.store import TicketStore
 
 T = TypeVar("T")
 MISSING_TOKEN = "missing bearer token: send 'Authorization: Bearer <token>'"
-DB_THREADS = 8  # PostgreSQL store calls in flight at once, each on its own connection
 
 # How long a verified admin or agent token is trusted without asking the database again: a
 # revocation reaches this replica at once and other replicas within this many seconds.
@@ -40,56 +40,77 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     schema_version: int = 0
     _auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
-    _limiter: anyio.CapacityLimiter | None = None  # made on first use, inside the event loop
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: Workers | None = None  # made on first use (PostgreSQL only)
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call(
+        self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.WRITE, **kwargs: Any
+    ) -> T:
         """Run a store call: on the event loop for SQLite (one connection, no waiting on a
         lock), in a worker thread with its own connection for PostgreSQL, so that one
-        request's round trips do not stall every other request."""
+        request's round trips do not stall every other request (see :mod:`.workers`)."""
         if self.store.db.dialect.name != "postgresql":
             return fn(*args, **kwargs)
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(DB_THREADS)
-        return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self._limiter
-        )
+        if self._workers is None:
+            self._workers = Workers(self.settings.db_threads)
+        return await self._workers.run(priority, functools.partial(fn, *args, **kwargs))
 
-    def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    def close(self) -> None:
+        """Let the store calls already queued finish; the app is shutting down."""
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
+
+    async def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None:
             raise AuthError(MISSING_TOKEN)
-        return self.authenticate_header(f"{credentials.scheme} {credentials.credentials}")
+        return await self.authenticate_header(f"{credentials.scheme} {credentials.credentials}")
 
-    def authenticate_header(self, header: str, fallback: str | None = None) -> Principal:
+    async def authenticate_header(
+        self, header: str, fallback: str | None = None, *, priority: Priority = Priority.WRITE
+    ) -> Principal:
         """Who an ``Authorization: Bearer <token>`` header names; ``fallback`` is a token from
-        elsewhere (a WebSocket's query string) used when the header is absent."""
+        elsewhere (a WebSocket's query string) used when the header is absent. A look-up in
+        the database runs at ``priority`` (see :mod:`.workers`)."""
         scheme, _, token = header.partition(" ")
-        if token and scheme.lower() == "bearer":
-            return self.authenticate_token(token)
-        if fallback:
-            return self.authenticate_token(fallback)
-        raise AuthError(MISSING_TOKEN)
-
-    def authenticate_token(self, token: str) -> Principal:
-        """Check a token, remembering the answer for a few seconds (a lease token's identity
-        never changes; whether its lease is live is checked by every write itself)."""
-        now = time.monotonic()
+        if not (token and scheme.lower() == "bearer"):
+            if not fallback:
+                raise AuthError(MISSING_TOKEN)
+            token = fallback
         cached = self._auth_cache.get(token)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        return await self.call(self._verify_token, token, priority=priority)
+
+    def _verify_token(self, token: str) -> Principal:
+        """Check a token against the database and remember the answer for a while (a lease
+        token's identity never changes; whether its lease is live every write checks itself)."""
         configured = self.settings.admin_token
         if configured and hmac.compare_digest(hash_token(token), hash_token(configured)):
             principal = Principal(TokenKind.ADMIN, "configured-admin", 0)
         else:
             principal = self.store.tokens.authenticate(token)
-        if len(self._auth_cache) >= AUTH_CACHE_SIZE:
-            self._auth_cache.pop(next(iter(self._auth_cache)))
-        ttl = LEASE_AUTH_TTL_S if principal.kind is TokenKind.LEASE else AUTH_TTL_S
-        self._auth_cache[token] = (principal, now + ttl)
+        self._remember(token, principal)
         return principal
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        ttl = LEASE_AUTH_TTL_S if principal.kind is TokenKind.LEASE else AUTH_TTL_S
+        with self._cache_lock:
+            if len(self._auth_cache) >= AUTH_CACHE_SIZE:
+                self._auth_cache.pop(next(iter(self._auth_cache)), None)
+            self._auth_cache[token] = (principal, time.monotonic() + ttl)
+
+    def remember_lease(self, lease: Lease, agent: str) -> None:
+        """A lease this replica just minted needs no database lookup when its agent uses it."""
+        principal = Principal(
+            TokenKind.LEASE, agent, 0, ticket_id=lease.ticket.id, epoch=lease.epoch
+        )
+        self._remember(lease.token, principal)
 
     def forget_tokens(self) -> None:
         """Drop remembered answers (after a revocation)."""
-        self._auth_cache.clear()
+        with self._cache_lock:
+            self._auth_cache.clear()
 
 
 async def app_state(request: Request) -> AppState:

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmstack.auth import TokenKind, format_token, hash_token, new_secret
+from swarmstack.auth import TokenKind, format_token, new_secret, secret_hash
 from swarmstack.config import Settings
-from swarmstack.db import Database, Row, Tx, migrate
+from swarmstack.db import EVENTS_LOCK_KEY, NOTIFY_CHANNEL, POSTGRESQL, Database, Row, Tx, migrate
 from swarmstack.errors import Conflict, NotFound, StaleLease
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
@@ -46,6 +46,69 @@ _JSON_LIST_COLUMNS = ("depends_on", "files", "acceptance", "covers")
 _LIVE_LEASE = "id = :id AND epoch = :epoch AND state = 'claimed' AND lease_expires_at > :now"
 
 EventRow = tuple[str, int | None, int | None, dict[str, Any]]  # kind, plan, ticket, data
+
+# On PostgreSQL a claim and a completion are each one statement in its own transaction: the
+# data-modifying CTEs below do what the portable code path does in five or six statements, so
+# the server spends a fraction of the CPU on them. Their order inside the statement matters:
+# the event lock (see db.EVENTS_LOCK_KEY) is taken only after every row lock, from a subquery
+# that must read the other CTEs to the end first, and before any event row takes its sequence
+# number. The tests run every store operation on both databases, so both paths answer alike.
+_PG_CLAIM = """
+WITH c AS (
+    UPDATE tickets SET state = 'claimed', epoch = epoch + 1, attempts = attempts + 1,
+        lease_agent = :agent, lease_expires_at = :exp, retry_at = NULL, updated_at = :now
+    WHERE id = (SELECT id FROM tickets WHERE state = 'ready' {scope}
+                ORDER BY rank DESC, priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+      AND state = 'ready'
+    RETURNING {columns}
+), a AS (
+    INSERT INTO attempts (ticket_id, epoch, agent, token_hash, claimed_at)
+    SELECT id, epoch, :agent, :hash, :now FROM c
+    RETURNING 1
+), l AS (
+    SELECT pg_advisory_xact_lock(:lock) AS locked, pg_notify(:channel, '0') AS notified
+    FROM c, (SELECT count(*) FROM a) AS written
+), e AS (
+    INSERT INTO events (ts, kind, plan_id, ticket_id, data)
+    SELECT :now, 'ticket.claimed', c.plan_id, c.id, json_build_object(
+        'agent', CAST(:agent AS TEXT), 'epoch', c.epoch, 'attempt', c.attempts)::text
+    FROM c, l
+)
+SELECT {columns} FROM c
+"""
+_PG_COMPLETE = """
+WITH d AS (
+    UPDATE tickets SET state = 'done', lease_expires_at = NULL, result = :result,
+        last_error = NULL, updated_at = :now
+    WHERE {live}
+    RETURNING {columns}
+), r AS (
+    UPDATE tickets SET unmet = unmet - 1,
+        state = CASE WHEN unmet = 1 AND state = 'pending' THEN 'ready' ELSE state END,
+        ready_at = CASE WHEN unmet = 1 AND state = 'pending' THEN :now ELSE ready_at END,
+        updated_at = :now
+    WHERE id IN (SELECT ticket_id FROM deps WHERE depends_on_id IN (SELECT id FROM d))
+    RETURNING id, plan_id, state
+), a AS (
+    UPDATE attempts SET outcome = 'done', ended_at = :now, request_hash = :request,
+        response = (SELECT row_to_json(d)::text FROM d)
+    WHERE ticket_id = :id AND epoch = :epoch AND EXISTS (SELECT 1 FROM d)
+    RETURNING 1
+), l AS (
+    SELECT pg_advisory_xact_lock(:lock) AS locked,
+        pg_notify(:channel, CAST(n.ready AS TEXT)) AS notified, n.ready
+    FROM d,
+        (SELECT count(*) FILTER (WHERE state = 'ready') AS ready FROM r) AS n,
+        (SELECT count(*) FROM a) AS written
+), e AS (
+    INSERT INTO events (ts, kind, plan_id, ticket_id, data)
+    SELECT :now, 'ticket.done', d.plan_id, d.id, json_build_object('epoch', d.epoch)::text
+    FROM d, l
+    UNION ALL
+    SELECT :now, 'ticket.ready', r.plan_id, r.id, '{{}}' FROM r, l WHERE r.state = 'ready'
+)
+SELECT {columns}, l.ready AS became_ready FROM d, l
+"""
 
 
 def _ticket(row: Row) -> Ticket:
@@ -105,6 +168,22 @@ class TicketStore:
             f"AND state = 'ready' RETURNING {TICKET_COLUMNS}"
             for scoped in (False, True)
         }
+        self._fused = db.dialect is POSTGRESQL
+        columns = ", ".join(f"c.{c}" for c in TICKET_COLUMNS.split(", "))
+        self._pg_claim = {
+            scoped: _PG_CLAIM.format(
+                scope="AND plan_id = :plan" if scoped else "", columns=TICKET_COLUMNS
+            ).replace(f"SELECT {TICKET_COLUMNS} FROM c", f"SELECT {columns} FROM c")
+            for scoped in (False, True)
+        }
+        self._pg_complete = _PG_COMPLETE.format(
+            live=_LIVE_LEASE,
+            columns=TICKET_COLUMNS,
+        ).replace(
+            f"SELECT {TICKET_COLUMNS}, l.ready",
+            "SELECT " + ", ".join(f"d.{c}" for c in TICKET_COLUMNS.split(", ")) + ", l.ready",
+        )
+        self._pg_params = {"lock": EVENTS_LOCK_KEY, "channel": NOTIFY_CHANNEL}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TicketStore:
@@ -337,23 +416,37 @@ class TicketStore:
         """Atomically pick the best ready ticket and lease it to ``agent``; None if none."""
         now = self.clock()
         ttl = self.lease_ttl_s if ttl_s is None else ttl_s
-        with self.db.tx() as tx:
-            row = tx.one(
-                self._claim_sql[plan_id is not None],
-                {"agent": agent, "exp": now + ttl, "now": now, "plan": plan_id},
+        secret = new_secret()
+        params = {"agent": agent, "exp": now + ttl, "now": now, "plan": plan_id}
+        if self._fused:
+            row = self.db.execute_once(
+                self._pg_claim[plan_id is not None],
+                {**params, "hash": secret_hash(secret), **self._pg_params},
             )
             if row is None:
                 return None
             ticket = _ticket(row)
-            token = format_token(TokenKind.LEASE, f"{ticket.id}-{ticket.epoch}", new_secret())
-            tx.execute(
-                "INSERT INTO attempts (ticket_id, epoch, agent, token_hash, claimed_at) "
-                "VALUES (:t, :e, :a, :h, :now)",
-                {"t": ticket.id, "e": ticket.epoch, "a": agent, "h": hash_token(token), "now": now},
-            )
-            data = {"agent": agent, "epoch": ticket.epoch, "attempt": ticket.attempts}
-            self._append(tx, [("ticket.claimed", ticket.plan_id, ticket.id, data)])
+        else:
+            with self.db.tx() as tx:
+                row = tx.one(self._claim_sql[plan_id is not None], params)
+                if row is None:
+                    return None
+                ticket = _ticket(row)
+                tx.execute(
+                    "INSERT INTO attempts (ticket_id, epoch, agent, token_hash, claimed_at) "
+                    "VALUES (:t, :e, :a, :h, :now)",
+                    {
+                        "t": ticket.id,
+                        "e": ticket.epoch,
+                        "a": agent,
+                        "h": secret_hash(secret),
+                        "now": now,
+                    },
+                )
+                data = {"agent": agent, "epoch": ticket.epoch, "attempt": ticket.attempts}
+                self._append(tx, [("ticket.claimed", ticket.plan_id, ticket.id, data)])
         self._publish(0)
+        token = format_token(TokenKind.LEASE, f"{ticket.id}-{ticket.epoch}", secret)
         return Lease(
             ticket=ticket, epoch=ticket.epoch, expires_at=now + ttl, token=token, ttl_s=ttl
         )
@@ -378,6 +471,25 @@ class TicketStore:
         become ready in the same transaction."""
         now = self.clock()
         request = {"op": "complete", **result.model_dump(mode="json")}
+        if self._fused:
+            row = self.db.execute_once(
+                self._pg_complete,
+                {
+                    "result": result.model_dump_json(),
+                    "now": now,
+                    "id": ticket_id,
+                    "epoch": epoch,
+                    "request": _digest(request),
+                    **self._pg_params,
+                },
+            )
+            if row is not None:
+                became_ready = int(row.pop("became_ready"))
+                ticket = _ticket(row)
+                self._publish(became_ready)
+                return ticket
+            with self.db.read() as tx:
+                return self._replay(tx, ticket_id, epoch, request, now)
         with self.db.tx() as tx:
             row = tx.one(
                 "UPDATE tickets SET state = 'done', lease_expires_at = NULL, "
@@ -387,6 +499,7 @@ class TicketStore:
             )
             if row is None:
                 return self._replay(tx, ticket_id, epoch, request, now)
+            response = json.dumps(row)
             ticket = _ticket(row)
             # SET expressions see the old row: unmet = 1 means this was the last dependency.
             ready = [
@@ -402,7 +515,7 @@ class TicketStore:
                 )
                 if r["state"] == "ready"
             ]
-            self._end_attempt(tx, ticket, epoch, "done", request, now)
+            self._end_attempt(tx, ticket.id, epoch, "done", request, response, now)
             self._append(
                 tx,
                 [
@@ -443,16 +556,26 @@ class TicketStore:
                 },
             )
             assert row is not None  # the row is locked by this transaction
+            response = json.dumps(row)
             ticket = _ticket(row)
-            self._end_attempt(tx, ticket, epoch, ticket.state.value, request, now)
+            self._end_attempt(tx, ticket.id, epoch, ticket.state.value, request, response, now)
             data = {"epoch": epoch, "reason": reason, "retry_at": ticket.retry_at}
             self._append(tx, [(f"ticket.{ticket.state.value}", ticket.plan_id, ticket.id, data)])
         self._publish(0)
         return ticket
 
     def _end_attempt(
-        self, tx: Tx, ticket: Ticket, epoch: int, outcome: str, request: Any, now: float
+        self,
+        tx: Tx,
+        ticket_id: int,
+        epoch: int,
+        outcome: str,
+        request: Any,
+        response: str,
+        now: float,
     ) -> None:
+        """Record how the attempt ended, with the request's digest and the answer's ticket
+        row (as JSON), so that the same request again gets the same answer."""
         tx.execute(
             "UPDATE attempts SET outcome = :o, ended_at = :now, request_hash = :h, "
             "response = :r WHERE ticket_id = :t AND epoch = :e",
@@ -460,8 +583,8 @@ class TicketStore:
                 "o": outcome,
                 "now": now,
                 "h": _digest(request),
-                "r": ticket.model_dump_json(),
-                "t": ticket.id,
+                "r": response,
+                "t": ticket_id,
                 "e": epoch,
             },
         )
@@ -475,7 +598,7 @@ class TicketStore:
         )
         if attempt is not None and attempt["request_hash"] is not None:
             if attempt["request_hash"] == _digest(request):
-                return Ticket.model_validate_json(attempt["response"])
+                return _ticket(json.loads(attempt["response"]))
             raise Conflict(
                 f"this lease already ended the ticket ({attempt['outcome']}) "
                 "with a different request"
