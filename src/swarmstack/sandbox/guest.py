@@ -1,0 +1,409 @@
+"""The agent inside every sandbox: runs commands and touches workspace files for the host.
+
+One file, standard library only, so it runs under whatever ``python3`` a sandbox has (the host's
+``/usr`` under bubblewrap, the image's inside a VM). Every backend talks to it the same way; only
+the channel differs: a Unix socket bind-mounted out of a bubblewrap sandbox, a forwarded TCP
+port or a serial port out of a VM.
+
+Protocol: one request per connection. The host sends one JSON line; the agent answers with JSON
+lines. ``exec`` streams ``{"stream": "stdout"|"stderr", "data": <base64>}`` lines and ends with
+``{"exit": N, "timed_out": bool}``; every other operation answers one line, ``{"ok": true, ...}``
+or ``{"ok": false, "error": <code>, "message": <text>}``.
+
+It also carries the control plane into the sandbox: ``--forward 127.0.0.1:PORT=unix:PATH``
+listens on the sandbox's own loopback and splices each connection to a Unix socket that the host
+relays to the control plane — the only way out of a sandbox without a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Send = Callable[[dict[str, Any]], None]
+
+WORKSPACE = os.path.realpath(os.environ.get("SWARM_WORKSPACE", "/workspace"))
+CHUNK = 65536
+MAX_REQUEST = 96 << 20  # a 64 MiB file, base64-encoded, and the rest of its request
+# What a command sees unless the request names its own environment (the sandbox's is scrubbed).
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_GUEST_")}
+
+
+class Refused(Exception):
+    """A request the agent will not carry out; ``code`` is a stable word for the host."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- paths -------------------------------------------------------------------------------------
+
+
+def inside(path: str) -> bool:
+    return path == WORKSPACE or path.startswith(WORKSPACE + "/")
+
+
+def resolve(relative: str, *, follow_last: bool = True) -> str:
+    """A workspace-relative path as an absolute one that stays inside the workspace.
+
+    Absolute paths, ``..``, NUL bytes and symlinks that lead out are refused. With
+    ``follow_last`` false the last component is not followed (to delete a symlink itself)."""
+    if not isinstance(relative, str) or "\0" in relative:
+        raise Refused("bad_path", "a path must be a string without NUL bytes")
+    if relative.startswith("/"):
+        raise Refused("bad_path", f"{relative!r} is absolute: paths are relative to the workspace")
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Refused("bad_path", f"{relative!r} climbs out with '..'")
+    joined = os.path.join(WORKSPACE, *parts)
+    if follow_last or not parts:
+        real = os.path.realpath(joined)
+    else:
+        real = os.path.join(os.path.realpath(os.path.dirname(joined)), parts[-1])
+    if not inside(real):
+        raise Refused("outside_workspace", f"{relative!r} leads outside the workspace")
+    return real
+
+
+def entry(path: str, name: str) -> dict[str, object]:
+    st = os.lstat(path)
+    kind = (
+        "dir"
+        if stat.S_ISDIR(st.st_mode)
+        else "file"
+        if stat.S_ISREG(st.st_mode)
+        else "symlink"
+        if stat.S_ISLNK(st.st_mode)
+        else "other"
+    )
+    return {
+        "name": name,
+        "type": kind,
+        "size": st.st_size,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime": st.st_mtime,
+    }
+
+
+# -- operations --------------------------------------------------------------------------------
+
+
+def op_ping(req: dict[str, Any], send: Send) -> None:
+    send({"ok": True, "pid": os.getpid(), "uid": os.getuid(), "workspace": WORKSPACE})
+
+
+def op_read(req: dict[str, Any], send: Send) -> None:
+    path = resolve(req["path"])
+    limit = int(req.get("limit") or 64 << 20)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise Refused("not_found", f"no file {req['path']!r}") from None
+    except IsADirectoryError:
+        raise Refused("is_a_directory", f"{req['path']!r} is a directory") from None
+    if len(data) > limit:
+        raise Refused("too_large", f"{req['path']!r} is larger than {limit} bytes")
+    send({"ok": True, "data": base64.b64encode(data).decode()})
+
+
+def op_write(req: dict[str, Any], send: Send) -> None:
+    path = resolve(req["path"])
+    if path == WORKSPACE:
+        raise Refused("bad_path", "cannot write the workspace itself")
+    data = base64.b64decode(req.get("data") or "")
+    mode = int(req.get("mode") or 0o644) & 0o777
+    if req.get("parents", True):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        resolve(os.path.relpath(os.path.dirname(path), WORKSPACE))  # made dirs stay inside
+    tmp = f"{path}.swarm-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)  # whole or not at all
+    except IsADirectoryError:
+        raise Refused("is_a_directory", f"{req['path']!r} is a directory") from None
+    except FileNotFoundError:
+        raise Refused("not_found", f"no directory for {req['path']!r}") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    send({"ok": True, "size": len(data)})
+
+
+def op_list(req: dict[str, Any], send: Send) -> None:
+    path = resolve(req.get("path") or ".")
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        raise Refused("not_found", f"no directory {req.get('path')!r}") from None
+    except NotADirectoryError:
+        names = None
+    if names is None:
+        send({"ok": True, "entries": [entry(path, os.path.basename(path))]})
+        return
+    send({"ok": True, "entries": [entry(os.path.join(path, n), n) for n in names]})
+
+
+def op_delete(req: dict[str, Any], send: Send) -> None:
+    path = resolve(req["path"], follow_last=False)
+    if path == WORKSPACE:
+        raise Refused("bad_path", "cannot delete the workspace itself")
+    if not os.path.lexists(path):
+        raise Refused("not_found", f"no file {req['path']!r}")
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not req.get("recursive"):
+            raise Refused("is_a_directory", f"{req['path']!r} is a directory: delete recursively")
+        remove_tree(path)
+    else:
+        os.unlink(path)
+    send({"ok": True})
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory without following a symlink out of it."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                os.unlink(full)
+            else:
+                os.rmdir(full)
+    os.rmdir(path)
+
+
+def _first_to_die() -> None:
+    """In the child before exec: the kernel's OOM killer takes commands before the agent."""
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(fd, b"1000")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def op_exec(req: dict[str, Any], send: Send) -> None:
+    argv = req.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise Refused("bad_request", "argv must be a non-empty list of strings")
+    cwd = resolve(req.get("cwd") or ".")
+    env = req.get("env")
+    env = dict(BASE_ENV) if env is None else {**BASE_ENV, **env}
+    timeout = req.get("timeout")
+    stdin = req.get("stdin")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            # Only os.open/os.write run in the child: no lock another thread could hold.
+            preexec_fn=_first_to_die,  # noqa: PLW1509
+        )
+    except FileNotFoundError:
+        send({"exit": 127, "timed_out": False, "error": f"command not found: {argv[0]}"})
+        return
+    except PermissionError:
+        send({"exit": 126, "timed_out": False, "error": f"permission denied: {argv[0]}"})
+        return
+    if stdin is not None:
+        threading.Thread(target=_feed, args=(proc, base64.b64decode(stdin)), daemon=True).start()
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    timed_out = False
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    try:
+        while sel.get_map():
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = sel.select(wait)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                _kill_group(proc)
+                deadline = None  # drain what is left, then report
+                continue
+            for key, _ in ready:
+                data = os.read(key.fd, CHUNK)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                send({"stream": key.data, "data": base64.b64encode(data).decode()})
+        code = proc.wait()
+    except (BrokenPipeError, ConnectionResetError):
+        _kill_group(proc)  # the host went away: leave nothing running on its behalf
+        proc.wait()
+        raise
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    send({"exit": code if code >= 0 else 128 - code, "timed_out": timed_out})
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+OPS = {
+    "ping": op_ping,
+    "read": op_read,
+    "write": op_write,
+    "list": op_list,
+    "delete": op_delete,
+    "exec": op_exec,
+}
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+def handle(conn: socket.socket) -> None:
+    with conn:
+        stream = conn.makefile("rb")
+        lock = threading.Lock()
+
+        def send(obj: dict[str, Any]) -> None:
+            line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+            with lock:
+                conn.sendall(line)
+
+        try:
+            line = stream.readline(MAX_REQUEST)
+            if not line:
+                return
+            req = json.loads(line)
+            op = OPS.get(str(req.get("op"))) if isinstance(req, dict) else None
+            if op is None:
+                raise Refused("bad_request", f"unknown operation {req!r:.80}")
+            op(req, send)
+        except Refused as exc:
+            send({"ok": False, "error": exc.code, "message": exc.message})
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            send({"ok": False, "error": "bad_request", "message": f"malformed request: {exc}"})
+        except OSError as exc:
+            send({"ok": False, "error": "os_error", "message": f"{exc.strerror or exc}"})
+
+
+def serve(listener: socket.socket) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def forward(listener: socket.socket, target: str) -> None:
+    """Splice every connection to ``listener`` to the Unix socket ``target``."""
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_splice_pair, args=(conn, target), daemon=True).start()
+
+
+def _splice_pair(conn: socket.socket, target: str) -> None:
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with conn, upstream:
+        try:
+            upstream.connect(target)
+        except OSError:
+            return
+        back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+        back.start()
+        _pump(conn, upstream)
+        back.join()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy until ``src`` ends, then pass the end on (half-close) to ``dst``."""
+    try:
+        while True:
+            data = src.recv(CHUNK)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def listen(spec: str) -> socket.socket:
+    """``unix:/path`` or ``tcp:HOST:PORT``."""
+    kind, _, where = spec.partition(":")
+    if kind == "unix":
+        if os.path.lexists(where):
+            os.unlink(where)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(where)
+    elif kind == "tcp":
+        host, _, port = where.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    else:
+        raise SystemExit(f"cannot listen on {spec!r}: use unix:/path or tcp:host:port")
+    sock.listen(128)
+    return sock
+
+
+def main(argv: list[str]) -> int:
+    listen_on = None
+    forwards: list[tuple[str, str]] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--listen":
+            listen_on = next(args)
+        elif arg == "--forward":
+            local, _, target = next(args).partition("=")
+            forwards.append((local, target))
+        else:
+            raise SystemExit(f"unknown argument {arg!r}")
+    if listen_on is None:
+        raise SystemExit("usage: guest.py --listen unix:/path [--forward HOST:PORT=unix:/path]")
+    for local, target in forwards:
+        kind, _, path = target.partition(":")
+        if kind != "unix":
+            raise SystemExit(f"cannot forward to {target!r}: use unix:/path")
+        sock = listen(f"tcp:{local}")
+        threading.Thread(target=forward, args=(sock, path), daemon=True).start()
+    listener = listen(listen_on)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    sys.stdout.write("swarm-guest ready\n")
+    sys.stdout.flush()
+    serve(listener)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
