@@ -56,3 +56,32 @@ def validate(
         print_json(result)
     else:
         console.print(result)
+
+
+class SandboxBackendName(enum.StrEnum):
+    BWRAP = "bwrap"
+
+
+@app.command("sandbox")
+@guarded
+def sandbox(
+    backend: SandboxBackendName = typer.Option(
+        SandboxBackendName.BWRAP, "--backend", help="Which sandbox backend to measure."
+    ),
+    count: int = typer.Option(
+        200, "--count", min=1, max=4096, help="Sandboxes to keep alive at once."
+    ),
+    samples: int = typer.Option(
+        100, "--samples", min=1, max=10_000, help="Cold and warm starts to time."
+    ),
+    warm: int = typer.Option(4, "--warm", min=1, max=256, help="Warm sandboxes in the pool."),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """Cold and warm start times, sandboxes alive at once, and host memory per sandbox."""
+    from swarmstack.bench import sandbox as bench_sandbox
+
+    result = bench_sandbox.run(backend.value, count, samples, warm)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)

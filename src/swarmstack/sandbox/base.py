@@ -17,7 +17,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -334,20 +334,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Destroy whatever this backend still runs."""
-
-
-@dataclass
-class Registry:
-    """The sandboxes a process runs, by id."""
-
-    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
-
-    def add(self, sandbox: Sandbox) -> Sandbox:
-        self.sandboxes[sandbox.id] = sandbox
-        return sandbox
-
-    def get(self, sandbox_id: str) -> Sandbox:
-        try:
-            return self.sandboxes[sandbox_id]
-        except KeyError:
-            raise NotFound(f"no sandbox {sandbox_id}") from None

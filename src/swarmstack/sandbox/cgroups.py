@@ -102,7 +102,8 @@ class Group:
         v2 = self.layout.v2
         if v2 is not None and self.layout.v2_controllers:
             # Delegate the controllers to children of our group, then make the child.
-            wanted = " ".join(f"+{c}" for c in sorted(self.layout.v2_controllers - {"freezer"}))
+            used = self.layout.v2_controllers & {"memory", "pids", "cpu"}
+            wanted = " ".join(f"+{c}" for c in sorted(used))
             with contextlib.suppress(OSError):
                 (v2 / "cgroup.subtree_control").write_text(wanted)
         for directory in sorted(set(self.dirs.values())):

@@ -1,0 +1,152 @@
+"""``swarm bench sandbox``: how fast sandboxes start, and how many fit on this host.
+
+* ``create_p50_ms`` / ``create_p99_ms`` — cold: ``create`` until a first command (``true``) has
+  returned, one sandbox at a time;
+* ``warm_p50_ms`` / ``warm_p99_ms`` — taken from a pool with warm sandboxes until a first command
+  has returned;
+* ``concurrent`` — sandboxes alive at once, every one answering, each with its idle agent;
+* ``rss_mib_per_sandbox`` — host memory per idle sandbox: the proportional set size (shared pages
+  split between their users) of every process of the sandboxes, divided by their number;
+  ``host_mib_per_sandbox`` is the fall of the host's available memory, divided the same way
+  (it includes the kernel's share: page tables, mounts, cgroups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from swarmstack.errors import UsageError
+from swarmstack.sandbox.base import Backend, Sandbox, SandboxSpec
+from swarmstack.sandbox.pool import Pool
+
+
+def _pct(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return round(values[0], 2)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 2)
+
+
+def make_backend(name: str, state_dir: Path) -> Backend:
+    if name == "bwrap":
+        from swarmstack.sandbox.bwrap import BwrapBackend
+
+        return BwrapBackend(state_dir / "sandboxes")
+    raise UsageError(f"unknown sandbox backend {name!r}: bwrap")
+
+
+async def _first_exec(sandbox: Sandbox) -> None:
+    result = await sandbox.exec(["true"])
+    if not result.ok:
+        raise RuntimeError(f"a first command failed in {sandbox.id}: {result}")
+
+
+async def measure(backend: Backend, samples: int, concurrent: int, warm: int) -> dict[str, Any]:
+    spec = SandboxSpec()
+    cold: list[float] = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        sandbox = await backend.create(spec)
+        await _first_exec(sandbox)
+        cold.append((time.perf_counter() - started) * 1000)
+        await sandbox.destroy()
+
+    pool = await Pool(backend, warm=warm, spec=spec).start()
+    warm_ms: list[float] = []
+    try:
+        for _ in range(samples):
+            await pool.wait_warm(1)
+            started = time.perf_counter()
+            sandbox = await pool.acquire()
+            await _first_exec(sandbox)
+            warm_ms.append((time.perf_counter() - started) * 1000)
+            await pool.release(sandbox)
+        handed_warm = pool.handed_out_warm
+    finally:
+        await pool.close()
+
+    available_before = _mem_available()
+    alive: list[Sandbox] = []
+    try:
+        for _ in range(0, concurrent, 16):
+            batch = min(16, concurrent - len(alive))
+            alive += await asyncio.gather(*(backend.create(spec) for _ in range(batch)))
+        answers = await asyncio.gather(*(s.ping() for s in alive), return_exceptions=True)
+        answering = sum(1 for a in answers if isinstance(a, dict))
+        await asyncio.sleep(1.0)  # let start-up pages settle
+        pss = sum(_pss_of_sandbox(s) for s in alive)
+        host_delta = available_before - _mem_available()
+    finally:
+        await asyncio.gather(*(s.destroy() for s in alive), return_exceptions=True)
+    return {
+        "create_p50_ms": _pct(cold, 50),
+        "create_p99_ms": _pct(cold, 99),
+        "warm_p50_ms": _pct(warm_ms, 50),
+        "warm_p99_ms": _pct(warm_ms, 99),
+        "warm_samples": handed_warm,
+        "concurrent": answering,
+        "rss_mib_per_sandbox": round(pss / max(len(alive), 1) / 2**20, 2),
+        "host_mib_per_sandbox": round(host_delta / max(len(alive), 1) / 2**20, 2),
+    }
+
+
+def run(
+    backend: str = "bwrap", count: int = 200, samples: int = 100, warm: int = 4
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="swarm-bench-sbx-", dir="/var/tmp"))
+    root.chmod(0o711)
+
+    async def main() -> dict[str, Any]:
+        be = make_backend(backend, root)
+        try:
+            return await measure(be, samples, count, warm)
+        finally:
+            await be.close()
+
+    try:
+        figures = asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "bench": "sandbox",
+        "backend": backend,
+        "samples": samples,
+        "count": count,
+        **figures,
+    }
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _pss_of_sandbox(sandbox: Sandbox) -> int:
+    """The PSS of the sandbox's processes, in bytes: its cgroup's members, else its process
+    tree."""
+    group = getattr(sandbox, "group", None)
+    pids: list[int] = group.pids() if group is not None else []
+    if not pids:
+        from swarmstack.sandbox.bwrap import _descendants
+
+        root = sandbox.info().pid
+        pids = _descendants(root) if root else []
+    process = getattr(sandbox, "process", None)
+    if process is not None and process.pid not in pids:
+        pids.append(process.pid)  # bubblewrap's own monitor, outside the sandbox
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
