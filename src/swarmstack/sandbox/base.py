@@ -16,10 +16,11 @@ import abc
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, Field
 
@@ -79,6 +80,16 @@ class FileEntry(BaseModel):
     size: int
     mode: int
     mtime: float
+
+
+class ExecOptions(TypedDict, total=False):
+    """How to run a command: ``cwd`` relative to the workspace (default: the workspace),
+    environment on top of the sandbox's, a timeout that kills it and its children, stdin."""
+
+    cwd: str
+    env: dict[str, str] | None
+    timeout_s: float | None
+    stdin: bytes | None
 
 
 @dataclass
@@ -164,19 +175,18 @@ class GuestChannel:
         return _answer(raw, op)
 
     async def exec_stream(
-        self,
-        argv: list[str],
-        *,
-        cwd: str = ".",
-        env: dict[str, str] | None = None,
-        timeout_s: float | None = None,
-        stdin: bytes | None = None,
+        self, argv: list[str], **options: Unpack[ExecOptions]
     ) -> AsyncIterator[Output | Exit]:
         reader, writer = await self._open()
-        request: dict[str, Any] = {"op": "exec", "argv": argv, "cwd": cwd, "timeout": timeout_s}
-        if env is not None:
+        request: dict[str, Any] = {
+            "op": "exec",
+            "argv": argv,
+            "cwd": options.get("cwd", "."),
+            "timeout": options.get("timeout_s"),
+        }
+        if (env := options.get("env")) is not None:
             request["env"] = env
-        if stdin is not None:
+        if (stdin := options.get("stdin")) is not None:
             request["stdin"] = base64.b64encode(stdin).decode()
         try:
             writer.write(_line(request))
@@ -227,41 +237,26 @@ class Sandbox(abc.ABC):
         self.spec = spec
         self.channel = channel
         self.state: Literal["running", "paused", "destroyed"] = "running"
-        self.created_at = 0.0
+        self.created_at = time.time()
 
     # -- commands ---------------------------------------------------------------------------
 
     def exec_stream(
-        self,
-        argv: list[str],
-        *,
-        cwd: str = ".",
-        env: dict[str, str] | None = None,
-        timeout_s: float | None = None,
-        stdin: bytes | None = None,
+        self, argv: list[str], **options: Unpack[ExecOptions]
     ) -> AsyncIterator[Output | Exit]:
         """Run ``argv`` in the workspace (``cwd`` relative to it), yielding output as it comes
         and, last, its :class:`Exit`."""
         self._require_running()
-        return self.channel.exec_stream(argv, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin)
+        return self.channel.exec_stream(argv, **options)
 
-    async def exec(
-        self,
-        argv: list[str],
-        *,
-        cwd: str = ".",
-        env: dict[str, str] | None = None,
-        timeout_s: float | None = None,
-        stdin: bytes | None = None,
-    ) -> ExecResult:
+    async def exec(self, argv: list[str], **options: Unpack[ExecOptions]) -> ExecResult:
+        """Run ``argv`` to its end and collect its output."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         out: list[bytes] = []
         err: list[bytes] = []
         result = ExecResult(exit_code=-1)
-        async for item in self.exec_stream(
-            argv, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin
-        ):
+        async for item in self.exec_stream(argv, **options):
             if isinstance(item, Output):
                 (out if item.stream == "stdout" else err).append(item.data)
             else:

@@ -85,7 +85,6 @@ class BwrapSandbox(Sandbox):
         self.home = home  # the host directory holding workspace/, run/, etc/, guest.log
         self.group = group
         self.process: subprocess.Popen[bytes] | None = None
-        self.created_at = time.time()
 
     @property
     def workspace(self) -> Path:

@@ -169,20 +169,13 @@ class TicketStore:
             for scoped in (False, True)
         }
         self._fused = db.dialect is POSTGRESQL
-        columns = ", ".join(f"c.{c}" for c in TICKET_COLUMNS.split(", "))
         self._pg_claim = {
             scoped: _PG_CLAIM.format(
                 scope="AND plan_id = :plan" if scoped else "", columns=TICKET_COLUMNS
-            ).replace(f"SELECT {TICKET_COLUMNS} FROM c", f"SELECT {columns} FROM c")
+            )
             for scoped in (False, True)
         }
-        self._pg_complete = _PG_COMPLETE.format(
-            live=_LIVE_LEASE,
-            columns=TICKET_COLUMNS,
-        ).replace(
-            f"SELECT {TICKET_COLUMNS}, l.ready",
-            "SELECT " + ", ".join(f"d.{c}" for c in TICKET_COLUMNS.split(", ")) + ", l.ready",
-        )
+        self._pg_complete = _PG_COMPLETE.format(live=_LIVE_LEASE, columns=TICKET_COLUMNS)
         self._pg_params = {"lock": EVENTS_LOCK_KEY, "channel": NOTIFY_CHANNEL}
 
     @classmethod
