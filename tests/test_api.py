@@ -921,6 +921,26 @@ EXPECTED_OPERATIONS = {
     ("post", "/v1/tickets/{ticket_id}/cancel"),
     ("post", "/v1/tickets/{ticket_id}/retry"),
     ("get", "/v1/events"),
+    # the VM API (tests/test_vm_api.py)
+    ("get", "/v1/vms"),
+    ("post", "/v1/vms"),
+    ("get", "/v1/vms/{sandbox_id}"),
+    ("delete", "/v1/vms/{sandbox_id}"),
+    ("post", "/v1/vms/{sandbox_id}/pause"),
+    ("post", "/v1/vms/{sandbox_id}/resume"),
+    ("post", "/v1/vms/{sandbox_id}/snapshot"),
+    ("get", "/v1/snapshots"),
+    ("post", "/v1/snapshots/{snapshot_id}/restore"),
+    ("delete", "/v1/snapshots/{snapshot_id}"),
+    ("post", "/v1/vms/{sandbox_id}/exec"),
+    ("get", "/v1/vms/{sandbox_id}/files"),
+    ("put", "/v1/vms/{sandbox_id}/files"),
+    ("delete", "/v1/vms/{sandbox_id}/files"),
+    ("get", "/v1/vms/{sandbox_id}/files/list"),
+    ("get", "/v1/vms/{sandbox_id}/git/status"),
+    ("get", "/v1/vms/{sandbox_id}/git/diff"),
+    ("get", "/v1/vms/{sandbox_id}/git/log"),
+    ("post", "/v1/vms/{sandbox_id}/git/commit"),
 }
 
 

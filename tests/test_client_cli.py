@@ -704,6 +704,17 @@ def test_every_command_has_help_text_and_help_works() -> None:
         "token revoke",
         "bench",
         "bench claims",
+        "vm",
+        "vm ls",
+        "vm create",
+        "vm exec",
+        "vm cp",
+        "vm rm",
+        "vm pause",
+        "vm resume",
+        "vm snapshot",
+        "vm snapshots",
+        "vm restore",
     } <= paths
     for path, command in commands:
         text = (command.help or command.short_help or "").strip()

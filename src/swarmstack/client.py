@@ -13,16 +13,36 @@ Errors come back as the same :mod:`swarmstack.errors` classes the server raised.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from swarmstack.api.schemas import EventPage, Health, TicketPage, TokenCreated, TokenInfo
+from swarmstack.api.schemas import (
+    EventPage,
+    FileWritten,
+    Health,
+    TicketPage,
+    TokenCreated,
+    TokenInfo,
+)
 from swarmstack.errors import Unavailable, from_response
+from swarmstack.sandbox.base import (
+    ExecOptions,
+    ExecResult,
+    Exit,
+    FileEntry,
+    Output,
+    SandboxInfo,
+    SandboxSpec,
+    Snapshot,
+)
+from swarmstack.sandbox.gitops import GitCommit, GitDiff, GitStatus
 from swarmstack.tickets.models import (
     Event,
     Lease,
@@ -51,6 +71,7 @@ class Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     token: str | None = None  # overrides the client's token (lease writes)
     timeout: float | None = None
+    content: bytes | None = None  # a raw body (file uploads), sent instead of ``json``
 
 
 def _model(cls: type[M]) -> Callable[[int, bytes], M]:
@@ -64,6 +85,19 @@ def _list(cls: type[M]) -> Callable[[int, bytes], list[M]]:
 
 def _nothing(_status: int, _body: bytes) -> None:
     return None
+
+
+def _bytes(_status: int, body: bytes) -> bytes:
+    return body
+
+
+def _vm(sandbox_id: str, rest: str = "") -> str:
+    return f"/v1/vms/{quote(sandbox_id, safe='')}{rest}"
+
+
+# Starting, saving or restoring a VM may take a while (a QEMU guest boots): more than a request.
+VM_TIMEOUT_S = 300.0
+GIT_TIMEOUT_S = 150.0
 
 
 def _lease_or_none(status: int, body: bytes) -> Lease | None:
@@ -200,19 +234,173 @@ class Calls:
     def revoke_token(token_id: int) -> Call[None]:
         return Call("DELETE", f"/v1/tokens/{token_id}", _nothing)
 
+    # -- sandboxes (admin tokens only) -------------------------------------------------------
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    @staticmethod
+    def list_vms() -> Call[list[SandboxInfo]]:
+        return Call("GET", "/v1/vms", _list(SandboxInfo))
+
+    @staticmethod
+    def create_vm(spec: SandboxSpec | None = None) -> Call[SandboxInfo]:
+        body = (spec or SandboxSpec()).model_dump(mode="json")
+        return Call("POST", "/v1/vms", _model(SandboxInfo), body, timeout=VM_TIMEOUT_S)
+
+    @staticmethod
+    def get_vm(sandbox_id: str) -> Call[SandboxInfo]:
+        return Call("GET", _vm(sandbox_id), _model(SandboxInfo))
+
+    @staticmethod
+    def destroy_vm(sandbox_id: str) -> Call[None]:
+        return Call("DELETE", _vm(sandbox_id), _nothing, timeout=VM_TIMEOUT_S)
+
+    @staticmethod
+    def pause_vm(sandbox_id: str) -> Call[SandboxInfo]:
+        return Call("POST", _vm(sandbox_id, "/pause"), _model(SandboxInfo))
+
+    @staticmethod
+    def resume_vm(sandbox_id: str) -> Call[SandboxInfo]:
+        return Call("POST", _vm(sandbox_id, "/resume"), _model(SandboxInfo))
+
+    @staticmethod
+    def snapshot_vm(sandbox_id: str) -> Call[Snapshot]:
+        return Call("POST", _vm(sandbox_id, "/snapshot"), _model(Snapshot), timeout=VM_TIMEOUT_S)
+
+    @staticmethod
+    def list_snapshots() -> Call[list[Snapshot]]:
+        return Call("GET", "/v1/snapshots", _list(Snapshot))
+
+    @staticmethod
+    def restore_snapshot(snapshot_id: str) -> Call[SandboxInfo]:
+        path = f"/v1/snapshots/{quote(snapshot_id, safe='')}/restore"
+        return Call("POST", path, _model(SandboxInfo), timeout=VM_TIMEOUT_S)
+
+    @staticmethod
+    def delete_snapshot(snapshot_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/snapshots/{quote(snapshot_id, safe='')}", _nothing)
+
+    @staticmethod
+    def read_file(sandbox_id: str, path: str) -> Call[bytes]:
+        return Call("GET", _vm(sandbox_id, "/files"), _bytes, params={"path": path})
+
+    @staticmethod
+    def write_file(
+        sandbox_id: str, path: str, data: bytes, mode: int | None = None
+    ) -> Call[FileWritten]:
+        params: dict[str, Any] = {"path": path}
+        if mode is not None:
+            params["mode"] = mode
+        return Call(
+            "PUT", _vm(sandbox_id, "/files"), _model(FileWritten), None, params, content=data
+        )
+
+    @staticmethod
+    def list_files(sandbox_id: str, path: str = ".") -> Call[list[FileEntry]]:
+        return Call("GET", _vm(sandbox_id, "/files/list"), _list(FileEntry), params={"path": path})
+
+    @staticmethod
+    def delete_file(sandbox_id: str, path: str, recursive: bool = False) -> Call[None]:
+        params = {"path": path, "recursive": recursive}
+        return Call("DELETE", _vm(sandbox_id, "/files"), _nothing, params=params)
+
+    @staticmethod
+    def git_status(sandbox_id: str) -> Call[GitStatus]:
+        return Call("GET", _vm(sandbox_id, "/git/status"), _model(GitStatus), timeout=GIT_TIMEOUT_S)
+
+    @staticmethod
+    def git_diff(sandbox_id: str, ref: str | None = None, stat: bool = False) -> Call[GitDiff]:
+        params: dict[str, Any] = {"stat": stat}
+        if ref is not None:
+            params["ref"] = ref
+        return Call(
+            "GET",
+            _vm(sandbox_id, "/git/diff"),
+            _model(GitDiff),
+            None,
+            params,
+            timeout=GIT_TIMEOUT_S,
+        )
+
+    @staticmethod
+    def git_log(sandbox_id: str, n: int = 20, ref: str | None = None) -> Call[list[GitCommit]]:
+        params: dict[str, Any] = {"n": n}
+        if ref is not None:
+            params["ref"] = ref
+        return Call(
+            "GET",
+            _vm(sandbox_id, "/git/log"),
+            _list(GitCommit),
+            None,
+            params,
+            timeout=GIT_TIMEOUT_S,
+        )
+
+    @staticmethod
+    def git_commit(
+        sandbox_id: str,
+        message: str,
+        paths: list[str] | None = None,
+        author_name: str | None = None,
+        author_email: str | None = None,
+    ) -> Call[GitCommit]:
+        body: dict[str, Any] = {"message": message}
+        for key, value in (
+            ("paths", paths),
+            ("author_name", author_name),
+            ("author_email", author_email),
+        ):
+            if value is not None:
+                body[key] = value
+        return Call(
+            "POST", _vm(sandbox_id, "/git/commit"), _model(GitCommit), body, timeout=GIT_TIMEOUT_S
+        )
+
+
+def exec_body(
+    argv: list[str],
+    cwd: str = ".",
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    stdin: bytes | None = None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/vms/{id}/exec``."""
+    body: dict[str, Any] = {"argv": argv, "cwd": cwd}
+    if env is not None:
+        body["env"] = env
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    if stdin is not None:
+        body["stdin"] = base64.b64encode(stdin).decode()
+    return body
+
+
+def exec_item(line: bytes) -> Output | Exit:
+    """One NDJSON line of an exec answer."""
+    item = json.loads(line)
+    if "stream" in item:
+        return Output(item["stream"], base64.b64decode(item["data"]))
+    return Exit(int(item["exit"]), bool(item.get("timed_out")), item.get("error"))
+
+
+def _headers(token: str | None, call: Call[Any] | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if call is not None and call.content is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    return headers
 
 
 def _answer(call: Call[T], status: int, content: bytes) -> T:
+    _raise_for(status, content)
+    return call.read(status, content)
+
+
+def _raise_for(status: int, content: bytes) -> None:
+    """Raise the error an answer of 400 or more carries."""
     if status >= 400:
         try:
             body = json.loads(content)
         except ValueError:
             body = {"message": content[:500].decode(errors="replace") or f"HTTP {status}"}
         raise from_response(status, body)
-    return call.read(status, content)
 
 
 class SwarmClient:
@@ -245,8 +433,9 @@ class SwarmClient:
                 call.method,
                 call.path,
                 json=call.json,
+                content=call.content,
                 params=call.params or None,
-                headers=_headers(call.token or self.token),
+                headers=_headers(call.token or self.token, call),
                 timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
@@ -327,6 +516,104 @@ class SwarmClient:
     def revoke_token(self, token_id: int) -> None:
         self.send(Calls.revoke_token(token_id))
 
+    # -- sandboxes ---------------------------------------------------------------------------
+
+    def list_vms(self) -> list[SandboxInfo]:
+        return self.send(Calls.list_vms())
+
+    def create_vm(self, spec: SandboxSpec | None = None) -> SandboxInfo:
+        return self.send(Calls.create_vm(spec))
+
+    def get_vm(self, sandbox_id: str) -> SandboxInfo:
+        return self.send(Calls.get_vm(sandbox_id))
+
+    def destroy_vm(self, sandbox_id: str) -> None:
+        self.send(Calls.destroy_vm(sandbox_id))
+
+    def pause_vm(self, sandbox_id: str) -> SandboxInfo:
+        return self.send(Calls.pause_vm(sandbox_id))
+
+    def resume_vm(self, sandbox_id: str) -> SandboxInfo:
+        return self.send(Calls.resume_vm(sandbox_id))
+
+    def snapshot_vm(self, sandbox_id: str) -> Snapshot:
+        return self.send(Calls.snapshot_vm(sandbox_id))
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return self.send(Calls.list_snapshots())
+
+    def restore_snapshot(self, snapshot_id: str) -> SandboxInfo:
+        return self.send(Calls.restore_snapshot(snapshot_id))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.send(Calls.delete_snapshot(snapshot_id))
+
+    def read_file(self, sandbox_id: str, path: str) -> bytes:
+        return self.send(Calls.read_file(sandbox_id, path))
+
+    def write_file(
+        self, sandbox_id: str, path: str, data: bytes, mode: int | None = None
+    ) -> FileWritten:
+        return self.send(Calls.write_file(sandbox_id, path, data, mode))
+
+    def list_files(self, sandbox_id: str, path: str = ".") -> list[FileEntry]:
+        return self.send(Calls.list_files(sandbox_id, path))
+
+    def delete_file(self, sandbox_id: str, path: str, recursive: bool = False) -> None:
+        self.send(Calls.delete_file(sandbox_id, path, recursive))
+
+    def git_status(self, sandbox_id: str) -> GitStatus:
+        return self.send(Calls.git_status(sandbox_id))
+
+    def git_diff(self, sandbox_id: str, ref: str | None = None, stat: bool = False) -> GitDiff:
+        return self.send(Calls.git_diff(sandbox_id, ref, stat))
+
+    def git_log(self, sandbox_id: str, n: int = 20, ref: str | None = None) -> list[GitCommit]:
+        return self.send(Calls.git_log(sandbox_id, n, ref))
+
+    def git_commit(self, sandbox_id: str, message: str, **kwargs: Any) -> GitCommit:
+        return self.send(Calls.git_commit(sandbox_id, message, **kwargs))
+
+    def exec_stream(
+        self, sandbox_id: str, argv: list[str], **options: Unpack[ExecOptions]
+    ) -> Iterator[Output | Exit]:
+        """Run a command in a sandbox, yielding its output as it comes and, last, its
+        :class:`Exit` (the one call that streams its answer, NDJSON)."""
+        body = exec_body(argv, **options)
+        wait = body.get("timeout_s")
+        # No read timeout of our own: a quiet command is not a dead server.
+        timeout = httpx.Timeout(30.0, read=None if wait is None else wait + 30)
+        try:
+            with self._http.stream(
+                "POST",
+                _vm(sandbox_id, "/exec"),
+                json=body,
+                headers=_headers(self.token),
+                timeout=timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    _raise_for(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if line:
+                        yield exec_item(line.encode())
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the Swarm API at {self.base_url}: {exc}") from exc
+
+    def exec(self, sandbox_id: str, argv: list[str], **options: Unpack[ExecOptions]) -> ExecResult:
+        """Run a command in a sandbox to its end and collect its output."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        result = ExecResult(exit_code=-1)
+        for item in self.exec_stream(sandbox_id, argv, **options):
+            if isinstance(item, Output):
+                (out if item.stream == "stdout" else err).append(item.data)
+            else:
+                result = ExecResult(item.exit_code, timed_out=item.timed_out)
+                if item.error:
+                    err.append(item.error.encode())
+        result.stdout, result.stderr = b"".join(out), b"".join(err)
+        return result
+
 
 class AsyncSwarmClient:
     """Non-blocking client for agents: claim, heartbeat, complete, fail, read (over httpx)."""
@@ -360,8 +647,9 @@ class AsyncSwarmClient:
                 call.method,
                 self.base_url + call.path,
                 json=call.json,
+                content=call.content,
                 params=call.params or None,
-                headers=_headers(call.token or self.token),
+                headers=_headers(call.token or self.token, call),
                 timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
@@ -413,8 +701,9 @@ class AiohttpSwarmClient(AsyncSwarmClient):
                 call.method,
                 self.base_url + call.path,
                 json=call.json,
+                data=call.content,
                 params=_flat_params(call.params),
-                headers=_headers(call.token or self.token),
+                headers=_headers(call.token or self.token, call),
                 timeout=timeout,
             ) as response:
                 content = await response.read()

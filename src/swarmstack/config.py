@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "swarm"
+
+
+def _default_sandbox_dir() -> Path:
+    # Not under the data directory: that sits in a home directory, often closed to other users
+    # (root's is 0700), and bubblewrap binds each sandbox's files as the sandbox's own uid.
+    return Path("/var/tmp") / f"swarm-{os.geteuid()}"
 
 
 class Settings(BaseSettings):
@@ -48,6 +55,24 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_plan_bytes: int = Field(default=64 << 20, ge=1024)
+    max_file_bytes: int = Field(
+        default=64 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="the largest file uploaded into a sandbox (the guest agent takes 64 MiB)",
+    )
+
+    sandbox_backend: Literal["auto", "bwrap", "qemu", "firecracker"] = Field(
+        default="auto", description="which backend runs the sandboxes of the VM API"
+    )
+    sandbox_dir: Path = Field(
+        default_factory=_default_sandbox_dir,
+        description="where live sandboxes keep their files; every directory on the way must "
+        "let other users through (o+x)",
+    )
+    max_sandboxes: int = Field(
+        default=32, ge=1, le=4096, description="sandboxes the VM API keeps alive at once"
+    )
 
     api_url: str = Field(default="http://127.0.0.1:8420", description="where clients find the API")
     token: str | None = Field(default=None, description="the bearer token clients send")
@@ -60,3 +85,8 @@ class Settings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin.token"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Snapshots and their metadata: durable and private, unlike the sandbox directory."""
+        return self.data_dir / "snapshots"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,11 +18,19 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarmstack import __version__
-from swarmstack.api import lean, routes_admin, routes_agents, routes_events, routes_tickets
+from swarmstack.api import (
+    lean,
+    routes_admin,
+    routes_agents,
+    routes_events,
+    routes_tickets,
+    routes_vm,
+)
 from swarmstack.api.state import AppState
 from swarmstack.config import Settings
 from swarmstack.errors import SwarmError
 from swarmstack.events import PgListener
+from swarmstack.sandbox.manager import BackendFactory, SandboxManager, default_factory
 from swarmstack.tickets.store import TicketStore
 
 log = logging.getLogger(__name__)
@@ -39,10 +48,26 @@ _HTTP_CODES = {
 }
 
 
-def create_app(settings: Settings | None = None, *, store: TicketStore | None = None) -> FastAPI:
-    """Build the control-plane API. ``store`` may be passed in (tests share one)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: TicketStore | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> FastAPI:
+    """Build the control-plane API. ``store`` may be passed in (tests share one), and so may
+    the factory of the VM API's sandbox backend (default: ``SWARM_SANDBOX_BACKEND``), which is
+    called at the first request that needs a sandbox."""
     settings = settings or Settings()
-    state = AppState(settings=settings, store=store or TicketStore.from_settings(settings))
+    sandboxes = SandboxManager(
+        backend_factory or default_factory(settings),
+        settings.snapshot_dir,
+        max_sandboxes=settings.max_sandboxes,
+    )
+    state = AppState(
+        settings=settings,
+        store=store or TicketStore.from_settings(settings),
+        sandboxes=sandboxes,
+    )
     state.metrics.watch_store(state.store.counts, lambda: state.waker.waiting)
 
     @contextlib.asynccontextmanager
@@ -68,12 +93,13 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
                 await sweeper
             if listener is not None:
                 listener.stop()
+            await state.sandboxes.close()
             state.close()
 
     app = FastAPI(
         title="Swarm control plane",
         version=__version__,
-        description="Tickets, claims with leases, and the event stream of a Swarm.",
+        description="Tickets, claims with leases, the event stream of a Swarm, and its sandboxes.",
         lifespan=lifespan,
         # Prometheus at /metrics is the metrics story; OpenTelemetry's per-request checks
         # cost more than a heartbeat's database work.
@@ -84,6 +110,7 @@ def create_app(settings: Settings | None = None, *, store: TicketStore | None = 
     app.include_router(routes_tickets.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
+    app.include_router(routes_vm.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(
@@ -160,19 +187,32 @@ def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     return sorted(methods)
 
 
+_FILE_UPLOAD = re.compile(r"^/v1/vms/[^/]+/files$")
+
+
 class BodyLimit:
-    """Refuse bodies over the limit with 413 before reading them whole (plans get more room)."""
+    """Refuse bodies over the limit with 413 before reading them whole (plans and files
+    uploaded into a sandbox get more room)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.default = settings.max_body_bytes
         self.plans = settings.max_plan_bytes
+        self.files = settings.max_file_bytes
+
+    def limit(self, scope: Scope) -> int:
+        path: str = scope["path"]
+        if path.startswith("/v1/plans"):
+            return self.plans
+        if scope["method"] == "PUT" and _FILE_UPLOAD.match(path):
+            return self.files
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.plans if scope["path"].startswith("/v1/plans") else self.default
+        limit = self.limit(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

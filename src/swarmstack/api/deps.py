@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from swarmstack.api.schemas import MAX_ID, ErrorBody
-from swarmstack.api.state import AppState, app_state
+from swarmstack.api.state import AppState, app_state, require_admin
 from swarmstack.auth import Principal
 
 bearer = HTTPBearer(auto_error=False, description="an admin, agent or lease token")
@@ -31,8 +31,16 @@ async def context(request: Request, credentials: Credentials) -> Ctx:
     return Ctx(state, await state.authenticate(credentials))
 
 
+async def admin_context(request: Request, credentials: Credentials) -> Ctx:
+    """The caller, who must hold an admin token: refused before the route reads anything."""
+    ctx = await context(request, credentials)
+    require_admin(ctx.caller)
+    return ctx
+
+
 # One dependency per route: each one FastAPI solves costs time on every request.
 Context = Annotated[Ctx, Depends(context)]
+AdminContext = Annotated[Ctx, Depends(admin_context)]
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

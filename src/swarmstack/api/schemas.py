@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema
 
+from swarmstack.sandbox.base import Limits, SandboxSpec
 from swarmstack.tickets.models import Event, Integer, Number, Text, Ticket, TicketResult
 
 # Ids are 64-bit and epochs 32-bit integers in the database; larger ones cannot exist.
@@ -97,3 +98,107 @@ class Health(BaseModel):
     version: str
     database: str
     schema_version: int
+
+
+# -- sandboxes (the VM API) ----------------------------------------------------------------------
+
+SANDBOX_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # sandbox and snapshot ids in paths
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NO_NUL = r"^[^\x00]*$"
+# What git keeps in an identity: no angle brackets, no line breaks, no control characters.
+_PERSON = r"^[^<>\x00-\x1f\x7f]+$"
+_EMAIL = r"^[^<>\s\x00-\x1f\x7f]+$"
+# Limits keep every request well inside SWARM_MAX_BODY_BYTES (1 MiB by default), so that one
+# too many of anything is refused for what it is (422), not for its size (413).
+MAX_ENV = 64
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE = 8192
+MAX_ARG = 32_768  # longer scripts: upload a file, run it
+MAX_COMMIT_PATHS = 100
+
+# pydantic documents a dict with patterned keys as patternProperties, which lets any other key
+# through; the schema says what validation does: every name must match.
+Environment = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=ENV_NAME, max_length=MAX_ENV_NAME)],
+        Annotated[str, StringConstraints(pattern=_NO_NUL, max_length=MAX_ENV_VALUE)],
+    ],
+    Field(max_length=MAX_ENV),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": ENV_NAME, "maxLength": MAX_ENV_NAME},
+            "additionalProperties": {
+                "type": "string",
+                "pattern": _NO_NUL,
+                "maxLength": MAX_ENV_VALUE,
+            },
+            "maxProperties": MAX_ENV,
+        }
+    ),
+]
+
+
+class VmLimits(Limits):
+    """:class:`Limits` as the API takes them: numbers only, and no less than a sandbox needs
+    to start (a tenth of a CPU, 64 MiB, 16 processes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: Number = Field(default=1.0, ge=0.1, le=64)
+    memory_mib: Integer = Field(default=1024, ge=64, le=1 << 20)
+    pids: Integer = Field(default=512, ge=16, le=1 << 22)
+    disk_mib: Integer = Field(default=4096, ge=16, le=1 << 24)
+
+
+class VmSpec(SandboxSpec):
+    """The body of ``POST /v1/vms``: a :class:`SandboxSpec`, strictly checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Text | None = Field(default=None, min_length=1, max_length=500)
+    limits: VmLimits = Field(default_factory=VmLimits)
+    env: Environment = Field(default_factory=dict)
+    control_port: Integer = Field(default=8420, ge=1, le=65535)
+
+    def to_spec(self) -> SandboxSpec:
+        return SandboxSpec.model_validate(self.model_dump())
+
+
+class ExecRequest(BaseModel):
+    """A command for ``POST /v1/vms/{id}/exec``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[Annotated[Text, Field(max_length=MAX_ARG)]] = Field(
+        min_length=1, description="the program and its arguments; no shell"
+    )
+    # Paths are checked by the route (400 bad_path, like every workspace path), not here.
+    cwd: str = Field(default=".", max_length=4096, description="relative to the workspace")
+    env: Environment | None = Field(default=None, description="on top of the sandbox's own")
+    timeout_s: Number | None = Field(
+        default=None, gt=0, le=86_400, description="kill the command and its children after"
+    )
+    stdin: str | None = Field(
+        default=None,
+        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        description="the command's standard input, base64-encoded",
+    )
+
+
+class FileWritten(BaseModel):
+    path: str
+    size: int
+
+
+class CommitRequest(BaseModel):
+    """``POST /v1/vms/{id}/git/commit``: with no ``paths``, every change in the work tree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: Text = Field(min_length=1, max_length=65_536)
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_COMMIT_PATHS, description="workspace paths"
+    )
+    author_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=_PERSON)
+    author_email: str | None = Field(default=None, min_length=1, max_length=200, pattern=_EMAIL)

@@ -19,6 +19,7 @@ from swarmstack.auth import Principal, TokenKind, hash_token
 from swarmstack.config import Settings
 from swarmstack.errors import AuthError, Forbidden
 from swarmstack.events import Waker
+from swarmstack.sandbox.manager import SandboxManager
 from swarmstack.tickets.models import Lease
 from swarmstack.tickets.store import TicketStore
 
@@ -36,6 +37,7 @@ AUTH_CACHE_SIZE = 50_000
 class AppState:
     settings: Settings
     store: TicketStore
+    sandboxes: SandboxManager
     waker: Waker = field(default_factory=Waker)
     metrics: Metrics = field(default_factory=Metrics)
     schema_version: int = 0

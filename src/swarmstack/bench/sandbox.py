@@ -9,6 +9,10 @@
   split between their users) of every process of the sandboxes, divided by their number;
   ``host_mib_per_sandbox`` is the fall of the host's available memory, divided the same way
   (it includes the kernel's share: page tables, mounts, cgroups).
+
+For a VM backend also ``boot_s`` (the median cold start, in seconds) and ``restore_s`` (the
+median time from restoring a snapshot — QEMU's migration stream — until a first command has
+returned), their ratio ``restore_speedup``, and which accelerator ran the VMs and why.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmstack.errors import UsageError
-from swarmstack.sandbox.base import Backend, Sandbox, SandboxSpec
+from swarmstack.sandbox.base import Backend, Limits, Sandbox, SandboxSpec
 from swarmstack.sandbox.pool import Pool
 
 
@@ -38,7 +42,49 @@ def make_backend(name: str, state_dir: Path) -> Backend:
         from swarmstack.sandbox.bwrap import BwrapBackend
 
         return BwrapBackend(state_dir / "sandboxes")
-    raise UsageError(f"unknown sandbox backend {name!r}: bwrap")
+    if name == "qemu":
+        from swarmstack.sandbox.image import find_image
+        from swarmstack.sandbox.qemu import QemuBackend
+
+        return QemuBackend(state_dir / "vms", image=find_image())
+    raise UsageError(f"unknown sandbox backend {name!r}: bwrap or qemu")
+
+
+def spec_for(backend: Backend) -> SandboxSpec:
+    """What each sandbox gets: the defaults, but a VM's memory is sized for an idle agent."""
+    if backend.isolation == "vm":
+        return SandboxSpec(limits=Limits(memory_mib=256))
+    return SandboxSpec()
+
+
+async def measure_restore(backend: Backend, spec: SandboxSpec, samples: int) -> dict[str, Any]:
+    """Snapshot one booted VM, then restore it ``samples`` times, each until a first command."""
+    from swarmstack.sandbox.qemu import QemuBackend
+
+    directory = Path(tempfile.mkdtemp(prefix="snap-", dir=getattr(backend, "state_dir", None)))
+    source = await backend.create(spec)
+    try:
+        await _first_exec(source)
+        snapshot = await source.snapshot(directory)
+    finally:
+        await source.destroy()
+    restored: list[float] = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        sandbox = await backend.restore(snapshot)
+        await _first_exec(sandbox)
+        restored.append(time.perf_counter() - started)
+        await sandbox.destroy()
+    shutil.rmtree(directory, ignore_errors=True)
+    figures: dict[str, Any] = {
+        "restore_s": round(statistics.median(restored), 3),
+        "restore_samples": samples,
+        "snapshot_mib": round(snapshot.size_bytes / 2**20, 1),
+    }
+    if isinstance(backend, QemuBackend):
+        figures["accel"] = backend.accel
+        figures["accel_reason"] = backend.accel_reason
+    return figures
 
 
 async def _first_exec(sandbox: Sandbox) -> None:
@@ -48,7 +94,7 @@ async def _first_exec(sandbox: Sandbox) -> None:
 
 
 async def measure(backend: Backend, samples: int, concurrent: int, warm: int) -> dict[str, Any]:
-    spec = SandboxSpec()
+    spec = spec_for(backend)
     cold: list[float] = []
     for _ in range(samples):
         started = time.perf_counter()
@@ -84,6 +130,11 @@ async def measure(backend: Backend, samples: int, concurrent: int, warm: int) ->
         host_delta = available_before - _mem_available()
     finally:
         await asyncio.gather(*(s.destroy() for s in alive), return_exceptions=True)
+    extra: dict[str, Any] = {}
+    if backend.isolation == "vm":
+        extra = {"boot_s": round(statistics.median(cold) / 1000, 3)}
+        extra.update(await measure_restore(backend, spec, min(samples, 10)))
+        extra["restore_speedup"] = round(extra["boot_s"] / extra["restore_s"], 1)
     return {
         "create_p50_ms": _pct(cold, 50),
         "create_p99_ms": _pct(cold, 99),
@@ -93,6 +144,7 @@ async def measure(backend: Backend, samples: int, concurrent: int, warm: int) ->
         "concurrent": answering,
         "rss_mib_per_sandbox": round(pss / max(len(alive), 1) / 2**20, 2),
         "host_mib_per_sandbox": round(host_delta / max(len(alive), 1) / 2**20, 2),
+        **extra,
     }
 
 

@@ -60,6 +60,7 @@ def validate(
 
 class SandboxBackendName(enum.StrEnum):
     BWRAP = "bwrap"
+    QEMU = "qemu"
 
 
 @app.command("sandbox")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from swarmstack.cli import bench, plan, tickets, tokens
+from swarmstack.cli import bench, image, plan, tickets, tokens, vm
 from swarmstack.cli.common import (
     ApiOption,
     JsonOption,
@@ -29,6 +29,8 @@ app.add_typer(plan.app, name="plan")
 app.add_typer(tickets.app, name="tickets")
 app.add_typer(tokens.app, name="token")
 app.add_typer(bench.app, name="bench")
+app.add_typer(vm.app, name="vm")
+app.add_typer(image.app, name="image")
 
 
 @app.command()

@@ -155,6 +155,7 @@ class GuestChannel:
 
     connect: Connector
     timeout_s: float = 30.0
+    token: str | None = None  # sent with every request when the agent asks for one
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -162,10 +163,15 @@ class GuestChannel:
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"the sandbox's agent cannot be reached: {exc}") from exc
 
+    def _request(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.token is not None:
+            request["token"] = self.token
+        return request
+
     async def call(self, op: str, **args: Any) -> dict[str, Any]:
         reader, writer = await self._open()
         try:
-            writer.write(_line({"op": op, **args}))
+            writer.write(_line(self._request({"op": op, **args})))
             await writer.drain()
             raw = await asyncio.wait_for(reader.readline(), self.timeout_s)
         except (OSError, TimeoutError) as exc:
@@ -189,7 +195,7 @@ class GuestChannel:
         if (stdin := options.get("stdin")) is not None:
             request["stdin"] = base64.b64encode(stdin).decode()
         try:
-            writer.write(_line(request))
+            writer.write(_line(self._request(request)))
             await writer.drain()
             while True:
                 raw = await reader.readline()

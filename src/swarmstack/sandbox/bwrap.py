@@ -29,6 +29,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from swarmstack.errors import Conflict, UsageError
 from swarmstack.sandbox import cgroups, guest
@@ -44,6 +45,7 @@ from swarmstack.sandbox.base import (
     Snapshot,
 )
 from swarmstack.sandbox.relay import SOCKET_NAME
+from swarmstack.sandbox.vmfiles import make_ext4
 
 GUEST_PATH = "/opt/swarm/guest.py"
 GUEST_SOCKET_DIR = "/run/swarm"
@@ -85,6 +87,7 @@ class BwrapSandbox(Sandbox):
         self.home = home  # the host directory holding workspace/, run/, etc/, guest.log
         self.group = group
         self.process: subprocess.Popen[bytes] | None = None
+        self.disk_mounted = False  # the workspace is a file system of its own (disk="loop")
 
     @property
     def workspace(self) -> Path:
@@ -98,7 +101,8 @@ class BwrapSandbox(Sandbox):
             state=self.state,
             created_at=self.created_at,
             spec=self.spec,
-            enforced=["memory", "pids", "cpu"] if self.group is not None else [],
+            enforced=(["memory", "pids", "cpu"] if self.group is not None else [])
+            + (["disk"] if self.disk_mounted else []),
             pid=self.process.pid if self.process else None,
         )
 
@@ -155,6 +159,10 @@ class BwrapSandbox(Sandbox):
                 self.process.wait(timeout=5)
         if self.group is not None:
             self.group.remove()
+        if self.disk_mounted:
+            # Lazily: a process the kill has not reaped yet may still hold a file open.
+            subprocess.run(["umount", "--lazy", str(self.workspace)], check=False)
+            self.disk_mounted = False
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -170,8 +178,12 @@ class BwrapBackend(Backend):
         rootfs: Path | None = None,
         uid_base: int = 200_000,
         python: str = "/usr/bin/python3",
+        disk: Literal["none", "loop"] = "none",
     ) -> None:
         self.bwrap = find_bwrap()
+        if disk == "loop" and os.geteuid() != 0:
+            raise UsageError("a disk limit (disk='loop') needs root: it mounts a file system")
+        self.disk = disk
         self.state_dir = state_dir
         self.control_dir = control_dir
         self.rootfs = rootfs
@@ -241,6 +253,8 @@ class BwrapBackend(Backend):
         home, uid = sandbox.home, sandbox.uid
         for sub in ("", "workspace", "run", "etc"):
             (home / sub).mkdir(mode=0o711 if sub == "" else 0o755, exist_ok=False)
+        if self.disk == "loop":
+            self._mount_disk(sandbox)
         if workspace_from is not None:
             with tarfile.open(workspace_from) as tar:
                 tar.extractall(sandbox.workspace, filter="data")
@@ -260,6 +274,22 @@ class BwrapBackend(Backend):
                     os.lchown(path, uid, uid)
         if sandbox.group is not None:
             sandbox.group.create(sandbox.spec.limits)
+
+    def _mount_disk(self, sandbox: BwrapSandbox) -> None:
+        """The disk limit: the workspace is an ext4 file system of ``disk_mib`` in a sparse
+        file, loop-mounted (about 40 ms more per start, so it is asked for, not the default)."""
+        disk = sandbox.home / "disk.ext4"
+        make_ext4(None, disk, sandbox.spec.limits.disk_mib, label="swarm-disk", owner=sandbox.uid)
+        mounted = subprocess.run(
+            ["mount", "-o", "loop,nosuid,nodev", str(disk), str(sandbox.workspace)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            raise SandboxError(f"cannot mount the workspace disk: {mounted.stderr.strip()}")
+        sandbox.disk_mounted = True
+        (sandbox.workspace / "lost+found").rmdir()
 
     def _argv(self, sandbox: BwrapSandbox) -> list[str]:
         """bubblewrap's command line. It runs as the sandbox's uid, so every path it binds

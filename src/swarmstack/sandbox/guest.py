@@ -2,8 +2,8 @@
 
 One file, standard library only, so it runs under whatever ``python3`` a sandbox has (the host's
 ``/usr`` under bubblewrap, the image's inside a VM). Every backend talks to it the same way; only
-the channel differs: a Unix socket bind-mounted out of a bubblewrap sandbox, a forwarded TCP
-port or a serial port out of a VM.
+the channel differs: a Unix socket bind-mounted out of a bubblewrap sandbox, vsock out of a
+Firecracker VM (``--listen vsock:PORT``), a forwarded TCP port or a serial port out of a QEMU VM.
 
 Protocol: one request per connection. The host sends one JSON line; the agent answers with JSON
 lines. ``exec`` streams ``{"stream": "stdout"|"stderr", "data": <base64>}`` lines and ends with
@@ -12,13 +12,19 @@ or ``{"ok": false, "error": <code>, "message": <text>}``.
 
 It also carries the control plane into the sandbox: ``--forward 127.0.0.1:PORT=unix:PATH``
 listens on the sandbox's own loopback and splices each connection to a Unix socket that the host
-relays to the control plane — the only way out of a sandbox without a network.
+relays to the control plane — the only way out of a sandbox without a network. In a VM the target
+is the host's end of vsock, ``vsock:2:PORT`` (CID 2 is the host).
+
+A VM's init cannot be handed arguments by the host, so ``--boot-args /proc/cmdline`` takes them
+from the kernel command line: ``swarm.listen=X`` is ``--listen X``, ``swarm.forward=Y`` is
+``--forward Y``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 import os
 import selectors
@@ -39,6 +45,19 @@ CHUNK = 65536
 MAX_REQUEST = 96 << 20  # a 64 MiB file, base64-encoded, and the rest of its request
 # What a command sees unless the request names its own environment (the sandbox's is scrubbed).
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_GUEST_")}
+
+
+def _read_token() -> str:
+    """A secret every request must carry, when the channel is one that others could reach (a
+    VM's forwarded TCP port): read from the file ``SWARM_GUEST_TOKEN_FILE`` names."""
+    path = os.environ.get("SWARM_GUEST_TOKEN_FILE")
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+TOKEN = _read_token()
 
 
 class Refused(Exception):
@@ -304,6 +323,11 @@ def handle(conn: socket.socket) -> None:
             if not line:
                 return
             req = json.loads(line)
+            if TOKEN and not (
+                isinstance(req, dict)
+                and hmac.compare_digest(str(req.get("token", "")).encode(), TOKEN.encode())
+            ):
+                raise Refused("unauthorized", "this agent needs its sandbox's token")
             op = OPS.get(str(req.get("op"))) if isinstance(req, dict) else None
             if op is None:
                 raise Refused("bad_request", f"unknown operation {req!r:.80}")
@@ -321,21 +345,32 @@ def handle(conn: socket.socket) -> None:
 def serve(listener: socket.socket) -> None:
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+        _spawn(handle, conn)
+
+
+def _spawn(target: Callable[..., None], conn: socket.socket, *args: Any) -> None:
+    """Handle ``conn`` in a thread of its own. When the sandbox is out of processes (a fork
+    bomb at its limit) no thread can start: drop that one connection and keep serving."""
+    try:
+        threading.Thread(target=target, args=(conn, *args), daemon=True).start()
+    except RuntimeError:
+        conn.close()
+        time.sleep(0.01)
 
 
 def forward(listener: socket.socket, target: str) -> None:
-    """Splice every connection to ``listener`` to the Unix socket ``target``."""
+    """Splice every connection to ``listener`` to ``target`` (see :func:`address`)."""
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=_splice_pair, args=(conn, target), daemon=True).start()
+        _spawn(_splice_pair, conn, target)
 
 
 def _splice_pair(conn: socket.socket, target: str) -> None:
-    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    family, where = address(target)
+    upstream = socket.socket(family, socket.SOCK_STREAM)
     with conn, upstream:
         try:
-            upstream.connect(target)
+            upstream.connect(where)
         except OSError:
             return
         back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
@@ -358,29 +393,61 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_WR)
 
 
-def listen(spec: str) -> socket.socket:
-    """``unix:/path`` or ``tcp:HOST:PORT``."""
+def address(spec: str) -> tuple[socket.AddressFamily, Any]:
+    """A socket family and address: ``unix:/path``, ``tcp:HOST:PORT``, ``vsock:CID:PORT``, or
+    ``vsock:PORT`` (any CID: to listen on inside a VM)."""
     kind, _, where = spec.partition(":")
-    if kind == "unix":
-        if os.path.lexists(where):
-            os.unlink(where)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(where)
-    elif kind == "tcp":
-        host, _, port = where.rpartition(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if kind == "unix" and where:
+            return socket.AF_UNIX, where
+        if kind == "tcp":
+            host, _, port = where.rpartition(":")
+            return socket.AF_INET, (host, int(port))
+        if kind == "vsock":
+            cid, _, port = where.rpartition(":")
+            return socket.AF_VSOCK, (int(cid) if cid else socket.VMADDR_CID_ANY, int(port))
+    except ValueError:
+        pass
+    raise ValueError(f"{spec!r} is no address: use unix:/path, tcp:host:port or vsock:[cid:]port")
+
+
+def listen(spec: str) -> socket.socket:
+    """A listening socket on ``unix:/path``, ``tcp:HOST:PORT`` or ``vsock:PORT``."""
+    family, where = address(spec)
+    if family == socket.AF_UNIX and os.path.lexists(where):
+        os.unlink(where)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-    else:
-        raise SystemExit(f"cannot listen on {spec!r}: use unix:/path or tcp:host:port")
+    sock.bind(where)
     sock.listen(128)
     return sock
 
 
+def from_boot_args(cmdline: str) -> list[str]:
+    """The ``--listen`` and ``--forward`` arguments a kernel command line carries."""
+    argv: list[str] = []
+    for word in cmdline.split():
+        key, _, value = word.partition("=")
+        if key == "swarm.listen":
+            argv += ["--listen", value]
+        elif key == "swarm.forward":
+            argv += ["--forward", value]
+    return argv
+
+
 def main(argv: list[str]) -> int:
+    expanded: list[str] = []
+    given = iter(argv)
+    for arg in given:
+        if arg == "--boot-args":
+            with open(next(given)) as f:
+                expanded += from_boot_args(f.read())
+        else:
+            expanded.append(arg)
     listen_on = None
     forwards: list[tuple[str, str]] = []
-    args = iter(argv)
+    args = iter(expanded)
     for arg in args:
         if arg == "--listen":
             listen_on = next(args)
@@ -390,14 +457,22 @@ def main(argv: list[str]) -> int:
         else:
             raise SystemExit(f"unknown argument {arg!r}")
     if listen_on is None:
-        raise SystemExit("usage: guest.py --listen unix:/path [--forward HOST:PORT=unix:/path]")
+        raise SystemExit(
+            "usage: guest.py --listen unix:/path|tcp:HOST:PORT|vsock:PORT "
+            "[--forward HOST:PORT=unix:/path|tcp:HOST:PORT|vsock:CID:PORT] "
+            "[--boot-args /proc/cmdline]"
+        )
     for local, target in forwards:
-        kind, _, path = target.partition(":")
-        if kind != "unix":
-            raise SystemExit(f"cannot forward to {target!r}: use unix:/path")
-        sock = listen(f"tcp:{local}")
-        threading.Thread(target=forward, args=(sock, path), daemon=True).start()
-    listener = listen(listen_on)
+        try:
+            address(target)
+            sock = listen(f"tcp:{local}")
+        except ValueError as exc:
+            raise SystemExit(f"cannot forward {local}={target}: {exc}") from None
+        threading.Thread(target=forward, args=(sock, target), daemon=True).start()
+    try:
+        listener = listen(listen_on)
+    except ValueError as exc:
+        raise SystemExit(f"cannot listen: {exc}") from None
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     sys.stdout.write("swarm-guest ready\n")
     sys.stdout.flush()

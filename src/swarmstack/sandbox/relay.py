@@ -5,6 +5,9 @@ listens on the sandbox's own ``127.0.0.1:<port>`` and splices each connection to
 in a directory bind-mounted read-only into the sandbox. This relay listens on that socket and
 connects each caller to the control plane's TCP address. It carries bytes only; every request
 still needs its bearer token.
+
+:func:`relay_unix` is the same splice for any Unix socket: the Firecracker backend listens where
+a VM's vsock connections to the host arrive and passes each on to this relay.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from swarmstack.errors import UsageError
 
 SOCKET_NAME = "control.sock"
+
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 class ControlRelay:
@@ -44,16 +50,7 @@ class ControlRelay:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        finally:
-            up_writer.close()
-            writer.close()
+        await splice(reader, writer, lambda: asyncio.open_connection(self.host, self.port))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -62,6 +59,34 @@ class ControlRelay:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+async def relay_unix(path: Path, upstream: Opener) -> asyncio.AbstractServer:
+    """Listen on the Unix socket ``path`` and splice each caller to a connection ``upstream``
+    opens (a caller is hung up on when it cannot)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await splice(reader, writer, upstream)
+
+    return await asyncio.start_unix_server(serve, path=str(path))
+
+
+async def splice(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: Opener
+) -> None:
+    """Copy both ways between a caller and a new connection, each way until it ends."""
+    try:
+        up_reader, up_writer = await upstream()
+    except OSError:
+        writer.close()
+        return
+    try:
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+    finally:
+        up_writer.close()
+        writer.close()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
