@@ -66,3 +66,19 @@ def test_a_disk_limit_without_root_is_refused_clearly(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError, match="needs root"):
         BwrapBackend(root / "sandboxes", disk="loop")
+
+
+async def test_the_setting_reaches_the_backend_the_api_starts(root: Path) -> None:
+    from swarmstack.config import Settings
+    from swarmstack.sandbox.manager import default_factory
+
+    settings = Settings(
+        sandbox_backend="bwrap", bwrap_disk="loop", sandbox_dir=root, data_dir=root / "data"
+    )
+    backend = await default_factory(settings)()
+    try:
+        box = await backend.create(SandboxSpec(limits=Limits(disk_mib=16)))
+        assert "disk" in box.info().enforced
+        assert _mounted(box.workspace)
+    finally:
+        await backend.close()

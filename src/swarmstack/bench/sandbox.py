@@ -95,6 +95,7 @@ async def _first_exec(sandbox: Sandbox) -> None:
 
 async def measure(backend: Backend, samples: int, concurrent: int, warm: int) -> dict[str, Any]:
     spec = spec_for(backend)
+    await backend.prepare()  # once per backend, not a part of any sandbox's start
     cold: list[float] = []
     for _ in range(samples):
         started = time.perf_counter()

@@ -57,7 +57,7 @@ def build(
             elapsed = time.monotonic() - started
             status.update(f"[bold]{step}[/] ({elapsed:.0f} s)")
             if not json_out:
-                console.log(step)
+                console.print(f"[dim]{elapsed:5.0f} s[/]  {step}", highlight=False)
 
         built = image.build(config, images_dir, force=force, progress=progress)
     summary = {"key": built.key, "path": str(built.path), **built.manifest}

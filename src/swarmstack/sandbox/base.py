@@ -311,7 +311,25 @@ class Sandbox(abc.ABC):
     async def destroy(self) -> None: ...
 
     @abc.abstractmethod
-    def info(self) -> SandboxInfo: ...
+    def enforced(self) -> list[str]:
+        """The limits the host enforces on this sandbox: memory, pids, cpu, disk."""
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int | None:
+        """The host process that holds the sandbox (bubblewrap's, the VMM's)."""
+
+    def info(self) -> SandboxInfo:
+        return SandboxInfo(
+            id=self.id,
+            backend=self.backend,
+            isolation=self.isolation,
+            state=self.state,
+            created_at=self.created_at,
+            spec=self.spec,
+            enforced=self.enforced(),
+            pid=self.pid,
+        )
 
     def _require_running(self) -> None:
         if self.state == "destroyed":
@@ -325,6 +343,10 @@ class Backend(abc.ABC):
 
     name: str
     isolation: Isolation
+
+    async def prepare(self) -> None:  # noqa: B027 (most backends have nothing to do)
+        """The work done once, before a first sandbox (packing boot files, probing for KVM);
+        ``create`` does it when it has not been done."""
 
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec | None = None) -> Sandbox: ...

@@ -60,7 +60,6 @@ from swarmstack.sandbox.base import (
     Output,
     Sandbox,
     SandboxError,
-    SandboxInfo,
     SandboxSpec,
     Snapshot,
 )
@@ -193,18 +192,13 @@ class FirecrackerSandbox(Sandbox):
         options["env"] = {**self.environment(), **(options.get("env") or {})}
         return super().exec_stream(argv, **options)
 
-    def info(self) -> SandboxInfo:
-        return SandboxInfo(
-            id=self.id,
-            backend=self.backend,
-            isolation=self.isolation,
-            state=self.state,
-            created_at=self.created_at,
-            spec=self.spec,
-            # The VM's own size: its memory, its vCPUs, its workspace drive.
-            enforced=["memory", "cpu", "disk"],
-            pid=self.process.pid if self.process else None,
-        )
+    def enforced(self) -> list[str]:
+        # The VM's own size: its memory, its vCPUs, its workspace drive.
+        return ["memory", "cpu", "disk"]
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     async def pause(self) -> None:
         self._require_running()

@@ -50,9 +50,10 @@ from swarmstack.sandbox.vmfiles import (
     module_name,
     pack_initramfs,
     run_tool,
+    without_signature,
 )
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: boot modules without their signatures
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # What every image has; the configuration adds to it.
@@ -136,6 +137,12 @@ class Image:
     @property
     def initramfs_tree(self) -> Path:
         return self.path / "initramfs"
+
+    @property
+    def python_version(self) -> str | None:
+        """The image's python3 as ``major.minor`` (images of builder 1 do not say)."""
+        version = self.manifest.get("python_version")
+        return str(version) if version else None
 
     def modules(self) -> list[str]:
         """The boot modules' files, relative to the initramfs tree, in load order."""
@@ -237,6 +244,7 @@ def build(
         root = work / "root"
         _debootstrap(config, root, tools["debootstrap"], progress)
         kernel_version = _kernel(root, work, progress)
+        python_version = _python_version(root)
         _agent_user(root)
         if config.claude:
             _claude(config, root, work, progress)
@@ -260,6 +268,7 @@ def build(
                 "runner": config.runner,
             },
             "kernel_version": kernel_version,
+            "python_version": python_version,
             "swarm_version": __version__,
             "rootfs_bytes": rootfs_bytes,
             "built_at": time.time(),
@@ -381,6 +390,15 @@ def _claude(config: ImageConfig, root: Path, work: Path, progress: Progress) -> 
     shutil.rmtree(wheels)
 
 
+def _python_version(root: Path) -> str:
+    """The image's python3, as ``major.minor``."""
+    return _chroot(
+        root,
+        ["python3", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+        "python3 in the image",
+    ).strip()
+
+
 def _runner(root: Path, work: Path, progress: Progress) -> None:
     """This package and what it needs, in a virtualenv of the image's own python3."""
     progress("installing the Swarm runner")
@@ -392,11 +410,7 @@ def _runner(root: Path, work: Path, progress: Progress) -> None:
         requirement = str(ours)
     else:
         requirement = f"swarmstack=={__version__}"
-    version = _chroot(
-        root,
-        ["python3", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
-        "python3 in the image",
-    ).strip()
+    version = _python_version(root)
     _pip(
         [
             "download",
@@ -507,7 +521,7 @@ def _initramfs_tree(work: Path, kernel_version: str, busybox: str) -> None:
     for relative in module_load_order(modules_dir, BOOT_MODULES):
         source = modules_dir / relative
         name = module_name(relative) + ".ko"
-        data = module_bytes(source)
+        data = without_signature(module_bytes(source))
         (tree / "lib" / "modules").mkdir(parents=True, exist_ok=True)
         (tree / "lib" / "modules" / name).write_bytes(data)
         names.append(f"lib/modules/{name}")

@@ -254,7 +254,9 @@ def default_factory(settings: Settings) -> BackendFactory:
         from swarmstack.sandbox.selection import choose_backend
 
         directory = await asyncio.to_thread(prepare_sandbox_dir, settings.sandbox_dir)
-        choice = await choose_backend(settings.sandbox_backend, directory)
+        choice = await choose_backend(
+            settings.sandbox_backend, directory, bwrap_disk=settings.bwrap_disk
+        )
         log.info("sandbox backend %s: %s", choice.backend.name, choice.reason)
         return choice.backend
 

@@ -17,7 +17,7 @@ import stat
 import struct
 import subprocess
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from swarmstack.errors import SwarmError, UsageError
@@ -221,6 +221,21 @@ def module_bytes(path: Path) -> bytes:
     return data
 
 
+SIGNATURE_MAGIC = b"~Module signature appended~\n"
+
+
+def without_signature(module: bytes) -> bytes:
+    """A kernel module less its appended signature. A kernel that does not enforce signatures
+    (Debian's, outside Secure Boot) loads it all the same, and skips checking it: under
+    emulation the check costs about 15 ms a module, at every boot."""
+    if not module.endswith(SIGNATURE_MAGIC):
+        return module
+    # struct module_signature (12 bytes, the signature's length last, big-endian) precedes it.
+    end = len(module) - len(SIGNATURE_MAGIC)
+    (length,) = struct.unpack(">I", module[end - 4 : end])
+    return module[: end - 12 - length]
+
+
 def module_name(path: str) -> str:
     base = path.rsplit("/", 1)[-1]
     for suffix in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
@@ -230,9 +245,15 @@ def module_name(path: str) -> str:
     return base.replace("-", "_")
 
 
-def pack_initramfs(tree: Path, out: Path, extra: dict[str, bytes] | None = None) -> None:
-    """A gzip'd cpio ("newc") archive of ``tree`` plus ``extra`` files (path → content; an
-    ``init`` or a path under ``bin/`` is made executable)."""
+def pack_initramfs(
+    tree: Path,
+    out: Path,
+    extra: dict[str, bytes] | None = None,
+    *,
+    leave_out: Collection[str] = (),
+) -> None:
+    """A gzip'd cpio ("newc") archive of ``tree``, less the files ``leave_out`` names, plus
+    ``extra`` files (path → content; an ``init`` or a path under ``bin/`` is made executable)."""
     buffer = io.BytesIO()
     inode = 1
     seen: set[str] = set()
@@ -259,7 +280,7 @@ def pack_initramfs(tree: Path, out: Path, extra: dict[str, bytes] | None = None)
     for path in sorted(_walk(tree)):
         name = path.relative_to(tree).as_posix()
         add_dirs(name)
-        if name in (extra or {}):
+        if name in (extra or {}) or name in leave_out:
             continue
         if path.is_dir():
             if name not in seen:
