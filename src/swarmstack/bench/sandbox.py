@@ -183,18 +183,16 @@ def _mem_available() -> int:
 
 
 def _pss_of_sandbox(sandbox: Sandbox) -> int:
-    """The PSS of the sandbox's processes, in bytes: its cgroup's members, else its process
-    tree."""
-    group = getattr(sandbox, "group", None)
-    pids: list[int] = group.pids() if group is not None else []
-    if not pids:
-        from swarmstack.sandbox.bwrap import _descendants
+    """The PSS of the sandbox's processes, in bytes: its process tree (bubblewrap's own
+    processes, the agent, its commands) and its cgroup's members."""
+    from swarmstack.sandbox.bwrap import _descendants
 
-        root = sandbox.info().pid
-        pids = _descendants(root) if root else []
-    process = getattr(sandbox, "process", None)
-    if process is not None and process.pid not in pids:
-        pids.append(process.pid)  # bubblewrap's own monitor, outside the sandbox
+    group = getattr(sandbox, "group", None)
+    pids = set(group.pids() if group is not None else [])
+    root = sandbox.info().pid
+    if root:
+        pids.update(_descendants(root))
+        pids.add(root)
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):

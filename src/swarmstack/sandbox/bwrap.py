@@ -13,14 +13,18 @@ path). Inside it sees:
 * a scrubbed environment: only what Swarm sets.
 
 Run as root, Swarm puts each sandbox in a cgroup of its own (memory, pids, cpu, freezer; v1 or
-v2) and drops to the sandbox's uid before bubblewrap starts. Run as another user, bubblewrap runs
-as that user and the limits are not enforced (``SandboxInfo.enforced`` says so).
+v2) and drops to the sandbox's uid before bubblewrap starts. The agent joins the cgroup itself,
+through ``cgroup.procs`` descriptors the host opened for it, as its first act and before it
+starts any command: a move into a cgroup can wait for an RCU grace period (5-12 ms on these
+hosts), and so it passes while Python loads. Run as another user, bubblewrap runs as that user
+and the limits are not enforced (``SandboxInfo.enforced`` says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -46,12 +50,15 @@ from swarmstack.sandbox.base import (
 from swarmstack.sandbox.relay import SOCKET_NAME
 from swarmstack.sandbox.vmfiles import make_ext4
 
+log = logging.getLogger(__name__)
+
 GUEST_PATH = "/opt/swarm/guest.py"
 GUEST_SOCKET_DIR = "/run/swarm"
 CONTROL_DIR = "/run/swarm-control"
 HOME = "/home/agent"
 HOST_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "localtime")
 START_TIMEOUT_S = 10.0
+JOIN_FAILED = b"swarm-guest cgroup-join-failed"
 
 
 def find_bwrap() -> str:
@@ -184,6 +191,7 @@ class BwrapBackend(Backend):
         self.uid_base = uid_base
         self.python = python
         self.privileged = os.geteuid() == 0
+        self.join_in_guest = True  # see _argv; False once a kernel refuses it
         self.layout = cgroups.detect() if self.privileged else cgroups.Layout()
         self.sandboxes: dict[str, BwrapSandbox] = {}
         self._slots: set[int] = set()
@@ -307,9 +315,13 @@ class BwrapBackend(Backend):
         sandbox.disk_mounted = True
         (sandbox.workspace / "lost+found").rmdir()
 
-    def _argv(self, sandbox: BwrapSandbox) -> list[str]:
+    def _argv(self, sandbox: BwrapSandbox, cgroup_fds: list[int] | None = None) -> list[str]:
         """bubblewrap's command line. It runs as the sandbox's uid, so every path it binds
-        must be reachable by that uid (see :func:`require_traversable`)."""
+        must be reachable by that uid (see :func:`require_traversable`).
+
+        With ``cgroup_fds`` (the group's ``cgroup.procs`` files, open for writing) the agent
+        joins its cgroups itself, first thing, while Python loads; without them, and with a
+        group, a shell joins them before anything of the sandbox starts."""
         spec, home = sandbox.spec, sandbox.home
 
         def bind(path: Path, dest: str, *, writable: bool = False) -> list[str]:
@@ -364,6 +376,8 @@ class BwrapBackend(Backend):
             "SWARM_SANDBOX_ID": sandbox.id,
             **spec.env,
         }
+        if cgroup_fds:
+            env["SWARM_GUEST_CGROUP_FDS"] = ",".join(str(fd) for fd in cgroup_fds)
         argv += ["--chdir", WORKSPACE, "--clearenv"]
         for key, value in env.items():
             argv += ["--setenv", key, value]
@@ -378,7 +392,7 @@ class BwrapBackend(Backend):
             "--clear-groups",
             "--inh-caps=-all",
         ]
-        if sandbox.group is None:
+        if sandbox.group is None or cgroup_fds:
             return [*drop, *argv]
         # Join the cgroups first (as root), then drop to the sandbox's uid and start: every
         # process of the sandbox is born inside its limits.
@@ -390,20 +404,36 @@ class BwrapBackend(Backend):
         return ["/bin/sh", "-c", join, "sh", str(len(procs)), *procs, *drop, *argv]
 
     async def _start(self, sandbox: BwrapSandbox) -> None:
-        log = (sandbox.home / "guest.log").open("ab")
-        try:
-            sandbox.process = subprocess.Popen(
-                self._argv(sandbox),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                # Not the host's environment: bubblewrap's own process stays alive as the
-                # sandbox's pid 1, and the sandbox can read its /proc/1/environ.
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        first = await self._launch(sandbox, in_guest=self.join_in_guest)
+        if first.startswith(JOIN_FAILED) and sandbox.group is not None:
+            # A kernel that checks a move against the writer's own rights (cgroup v2 before
+            # Linux 5.16) refuses the agent: the host joins for it from now on.
+            self.join_in_guest = False
+            log.warning(
+                "the kernel refused a sandbox agent its own cgroup join, so the host joins "
+                "for every sandbox from now on: %s",
+                first[len(JOIN_FAILED) :].decode(errors="replace").strip(": \n"),
             )
-        finally:
-            log.close()
-        assert sandbox.process.stdout is not None
+            await asyncio.to_thread(self._reap, sandbox)
+            first = await self._launch(sandbox, in_guest=False)
+        if not first.startswith(b"swarm-guest ready"):
+            code = sandbox.process.poll() if sandbox.process else None
+            raise SandboxError(
+                f"sandbox {sandbox.id} failed to start (exit {code}): "
+                f"{first.decode(errors='replace').strip()} {self._log(sandbox)}"
+            )
+
+    @staticmethod
+    def _reap(sandbox: BwrapSandbox) -> None:
+        if sandbox.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                sandbox.process.kill()
+            sandbox.process.wait()
+
+    async def _launch(self, sandbox: BwrapSandbox, *, in_guest: bool) -> bytes:
+        """Start bubblewrap and the agent; the agent's first line of output."""
+        self._spawn(sandbox, in_guest=in_guest)
+        assert sandbox.process is not None and sandbox.process.stdout is not None
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[bytes] = loop.create_future()
         fd = sandbox.process.stdout.fileno()
@@ -428,11 +458,41 @@ class BwrapBackend(Backend):
         finally:
             loop.remove_reader(fd)
             sandbox.process.stdout.close()
-        if not first.startswith(b"swarm-guest ready"):
-            code = sandbox.process.poll()
-            raise SandboxError(
-                f"sandbox {sandbox.id} failed to start (exit {code}): {self._log(sandbox)}"
+        return first
+
+    @staticmethod
+    def _open_procs(group: cgroups.Group) -> list[int]:
+        """The group's ``cgroup.procs`` files, open for writing, for the agent to inherit."""
+        fds: list[int] = []
+        try:
+            for procs in group.procs_files:
+                fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    def _spawn(self, sandbox: BwrapSandbox, *, in_guest: bool) -> None:
+        fds: list[int] = []
+        log = (sandbox.home / "guest.log").open("ab")
+        try:
+            if in_guest and sandbox.group is not None:
+                fds = self._open_procs(sandbox.group)
+            sandbox.process = subprocess.Popen(
+                self._argv(sandbox, fds),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                pass_fds=fds,
+                # Not the host's environment: bubblewrap's own process stays alive as the
+                # sandbox's pid 1, and the sandbox can read its /proc/1/environ.
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
+        finally:
+            log.close()
+            for inherited in fds:
+                os.close(inherited)
 
     @staticmethod
     def _log(sandbox: BwrapSandbox) -> str:

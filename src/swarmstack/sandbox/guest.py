@@ -22,18 +22,58 @@ from the kernel command line: ``swarm.listen=X`` is ``--listen X``, ``swarm.forw
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
+import _thread
 import os
-import selectors
-import signal
-import socket
-import stat
-import subprocess
-import sys
-import threading
-import time
+
+
+def _join_cgroups(fds: list[int], done: _thread.LockType, failed: list[str]) -> None:
+    """Move this process into the sandbox's cgroups: ``fds`` are their ``cgroup.procs``
+    files, opened for writing by the host and inherited. Writing ``0`` moves the writer."""
+    try:
+        for fd in fds:
+            try:
+                os.write(fd, b"0")
+            except OSError as exc:
+                failed.append(f"fd {fd}: {exc.strerror}")
+            finally:
+                os.close(fd)
+    finally:
+        done.release()
+
+
+def _start_joining() -> tuple[_thread.LockType, list[str]] | None:
+    """Start the cgroup join at once, in a thread of its own, when the host asked for one
+    (``SWARM_GUEST_CGROUP_FDS``). On a cgroup v1 host the first move after a quiet spell waits
+    for an RCU grace period (5-12 ms); here it passes while the imports below load. The agent
+    forks nothing before it is done (see :func:`main`), so every command is born inside."""
+    given = os.environ.get("SWARM_GUEST_CGROUP_FDS", "")
+    if not given:
+        return None
+    done, failed = _thread.allocate_lock(), []
+    done.acquire()
+    try:
+        fds = [int(fd) for fd in given.split(",")]
+    except ValueError:
+        failed.append(f"SWARM_GUEST_CGROUP_FDS={given!r} is no list of descriptors")
+        done.release()
+        return done, failed
+    _thread.start_new_thread(_join_cgroups, (fds, done, failed))
+    return done, failed
+
+
+JOINING = _start_joining()
+
+import base64  # noqa: E402  (these load while the join above waits)
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import selectors  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 # Every import is paid at each VM's boot, under emulation where there is no KVM: typing (and
 # hmac, which loads OpenSSL) cost more there than everything they give this file.
@@ -490,6 +530,13 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         raise SystemExit(f"cannot listen: {exc}") from None
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if JOINING is not None:
+        done, failed = JOINING
+        done.acquire()
+        if failed:
+            sys.stdout.write(f"swarm-guest cgroup-join-failed: {'; '.join(failed)}\n")
+            sys.stdout.flush()
+            return 3
     sys.stdout.write("swarm-guest ready\n")
     sys.stdout.flush()
     serve(listener)
