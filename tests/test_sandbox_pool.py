@@ -184,3 +184,9 @@ def test_bench_sandbox_prints_its_figures() -> None:
 def test_bench_sandbox_refuses_an_unknown_backend() -> None:
     result = CliRunner().invoke(app, ["bench", "sandbox", "--backend", "docker"])
     assert result.exit_code == 2
+
+
+def test_bench_sandbox_refuses_an_image_for_bubblewrap() -> None:
+    result = CliRunner().invoke(app, ["bench", "sandbox", "--backend", "bwrap", "--image", "x"])
+    assert result.exit_code == 2
+    assert "--image is for a VM backend" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import lzma
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_fixtures import backend_for, qemu_image, state_dir
+from swarmstack.errors import UsageError
 from swarmstack.sandbox import image, vmfiles
 from swarmstack.sandbox.base import Backend, Limits, SandboxSpec
 from swarmstack.sandbox.qemu import QemuBackend
@@ -135,8 +137,12 @@ def test_the_image_holds_what_a_vm_needs() -> None:
     # Every boot module is there, after each module it depends on.
     order = built.modules()
     names = [Path(m).stem for m in order]
-    for wanted in ("virtio_mmio", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"):
-        assert wanted in names
+    builtin = built.manifest["builtin_boot_modules"]
+    assert isinstance(builtin, list)
+    for wanted in image.BOOT_MODULES:
+        assert (wanted in names) != (wanted in builtin), wanted  # a file, or built in
+    if built.manifest["config"]["kernel"] == "cloud":  # type: ignore[index]
+        assert "ext4" in builtin  # what makes the cloud kernel boot faster: no ext4.ko
     for position, module in enumerate(order):
         data = (built.initramfs_tree / module).read_bytes()
         assert not data.endswith(vmfiles.SIGNATURE_MAGIC), module  # nothing to check at boot
@@ -153,6 +159,43 @@ def test_the_image_key_names_its_inputs() -> None:
     assert base.key() != image.ImageConfig(packages=("ripgrep",)).key()
     assert base.key() != image.ImageConfig(suite="trixie").key()
     assert base.key() != image.ImageConfig(claude=False).key()
+    assert base.key() != image.ImageConfig(kernel="generic").key()
+
+
+def test_an_unknown_kernel_flavour_is_refused() -> None:
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+
+    with pytest.raises(UsageError, match="unknown kernel flavour 'rt'"):
+        image.ImageConfig(kernel="rt")
+    result = CliRunner().invoke(app, ["image", "build", "--kernel", "rt"])
+    assert result.exit_code == 2
+    assert "use one of cloud, generic" in result.output
+
+
+@pytest.mark.parametrize("kind", ["lz4", "xz", "gzip", "zstd"])
+def test_the_elf_kernel_is_found_inside_a_bzimage(kind: str, tmp_path: Path) -> None:
+    tool = {"lz4": "lz4", "zstd": "zstd"}.get(kind)
+    if tool and shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
+    elf = b"\x7fELF" + os.urandom(4096) + b"kernel text" * 1000
+    if kind == "xz":
+        payload = lzma.compress(elf)
+    elif kind == "gzip":
+        payload = gzip.compress(elf)
+    else:  # the kernel's lz4 is the legacy frame format (lz4 -l)
+        argv = ["lz4", "-l", "-c"] if kind == "lz4" else ["zstd", "-c", "-q"]
+        payload = subprocess.run(argv, input=elf, capture_output=True, check=True).stdout
+    # A setup header, a stray copy of every magic number, the payload, and what follows it.
+    decoys = b"\xfd7zXZ\x00" + b"\x02\x21\x4c\x18" + b"\x28\xb5\x2f\xfd" + b"\x1f\x8b\x08\x00"
+    bzimage = b"MZ" + b"\0" * 0x200 + b"HdrS" + decoys + b"\0" * 64 + payload + b"\x10\x20" * 8
+    assert vmfiles.extract_vmlinux(bzimage) == elf
+
+
+def test_a_kernel_without_an_elf_inside_is_refused() -> None:
+    with pytest.raises(vmfiles.ImageError, match="no ELF kernel"):
+        vmfiles.extract_vmlinux(b"MZ" + b"\0" * 1024)
 
 
 def test_a_modules_signature_is_cut_off_and_nothing_else() -> None:

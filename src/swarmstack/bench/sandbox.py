@@ -37,16 +37,18 @@ def _pct(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 2)
 
 
-def make_backend(name: str, state_dir: Path) -> Backend:
+def make_backend(name: str, state_dir: Path, image: str | None = None) -> Backend:
     if name == "bwrap":
         from swarmstack.sandbox.bwrap import BwrapBackend
 
+        if image is not None:
+            raise UsageError("--image is for a VM backend (qemu): bubblewrap runs over the host")
         return BwrapBackend(state_dir / "sandboxes")
     if name == "qemu":
         from swarmstack.sandbox.image import find_image
         from swarmstack.sandbox.qemu import QemuBackend
 
-        return QemuBackend(state_dir / "vms", image=find_image())
+        return QemuBackend(state_dir / "vms", image=find_image(name=image))
     raise UsageError(f"unknown sandbox backend {name!r}: bwrap or qemu")
 
 
@@ -150,13 +152,17 @@ async def measure(backend: Backend, samples: int, concurrent: int, warm: int) ->
 
 
 def run(
-    backend: str = "bwrap", count: int = 200, samples: int = 100, warm: int = 4
+    backend: str = "bwrap",
+    count: int = 200,
+    samples: int = 100,
+    warm: int = 4,
+    image: str | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="swarm-bench-sbx-", dir="/var/tmp"))
     root.chmod(0o711)
 
     async def main() -> dict[str, Any]:
-        be = make_backend(backend, root)
+        be = make_backend(backend, root, image)
         try:
             return await measure(be, samples, count, warm)
         finally:

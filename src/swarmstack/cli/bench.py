@@ -76,12 +76,15 @@ def sandbox(
         100, "--samples", min=1, max=10_000, help="Cold and warm starts to time."
     ),
     warm: int = typer.Option(4, "--warm", min=1, max=256, help="Warm sandboxes in the pool."),
+    image: str | None = typer.Option(
+        None, "--image", help="The image a VM boots: a key or a directory (default the newest)."
+    ),
     json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
 ) -> None:
     """Cold and warm start times, sandboxes alive at once, and host memory per sandbox."""
     from swarmstack.bench import sandbox as bench_sandbox
 
-    result = bench_sandbox.run(backend.value, count, samples, warm)
+    result = bench_sandbox.run(backend.value, count, samples, warm, image)
     if json_out:
         print_json(result)
     else:

@@ -29,6 +29,11 @@ def build(
     mirror: str = typer.Option("http://deb.debian.org/debian", "--mirror", help="Debian mirror."),
     no_claude: bool = typer.Option(False, "--no-claude", help="Leave out Claude Code."),
     no_runner: bool = typer.Option(False, "--no-runner", help="Leave out the Swarm runner."),
+    kernel: str = typer.Option(
+        "cloud",
+        "--kernel",
+        help="Debian's kernel flavour: cloud (made for VMs, boots faster) or generic.",
+    ),
     force: bool = typer.Option(False, "--force", help="Build again even if it is cached."),
     images_dir: Path | None = ImagesDirOption,
     json_out: bool = JsonOption,
@@ -49,6 +54,7 @@ def build(
         packages=tuple(package),
         claude=not no_claude,
         runner=not no_runner,
+        kernel=kernel,
     )
     started = time.monotonic()
     with console.status("building the image", spinner="dots") as status:

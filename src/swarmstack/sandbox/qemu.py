@@ -469,7 +469,9 @@ class QemuBackend(Backend):
 
     @staticmethod
     def _python() -> str:
-        return shutil.which("python3") or "/usr/bin/python3"
+        """The relay's interpreter: this one (a ``python3`` found on ``$PATH`` may be a shim
+        that costs tens of milliseconds for every connection)."""
+        return sys.executable or shutil.which("python3") or "/usr/bin/python3"
 
     async def _launch(
         self,

@@ -6,7 +6,6 @@ cpio "newc" archive), ext4 disks (``mkfs.ext4 -d``) and sparse copies of them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import io
@@ -17,6 +16,7 @@ import stat
 import struct
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
@@ -118,36 +118,68 @@ def extract_deb(deb: Path, target: Path) -> None:
     raise ImageError(f"{deb.name} holds no data.tar")
 
 
-def _unzstd(data: bytes) -> bytes:
+def _unzstd(data: bytes, *, strict: bool = True) -> bytes:
+    """Unpack zstd data; with ``strict`` off, what follows the frame is let be (as in a
+    bzImage, where the payload is followed by its size) and the output is judged by the caller."""
     zstd = shutil.which("zstd")
     if zstd is None:
-        raise MissingTool("the kernel is zstd-compressed: apt-get install zstd")
-    return subprocess.run([zstd, "-dcq"], input=data, capture_output=True, check=True).stdout
+        raise MissingTool("this is zstd-compressed: apt-get install zstd")
+    return subprocess.run([zstd, "-dcq"], input=data, capture_output=True, check=strict).stdout
+
+
+def _unlz4(data: bytes) -> bytes:
+    """Unpack the kernel's LZ4 payload (the legacy frame format, which Debian's cloud kernels
+    use). Whatever follows the payload in the bzImage makes ``lz4`` end with an error after it
+    wrote everything, so the output is judged by the caller, not the exit code."""
+    lz4 = shutil.which("lz4")
+    if lz4 is None:
+        raise MissingTool("the kernel is lz4-compressed: apt-get install lz4")
+    return subprocess.run([lz4, "-dcq"], input=data, capture_output=True, check=False).stdout
 
 
 _PAYLOADS: tuple[tuple[bytes, str], ...] = (
     (b"\xfd7zXZ\x00", "xz"),
+    (b"\x02\x21\x4c\x18", "lz4"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"\x1f\x8b\x08\x00", "gzip"),
 )
 
 
+def _unpack(kind: str, data: bytes) -> bytes:
+    if kind == "xz":
+        return lzma.LZMADecompressor().decompress(data)
+    if kind == "gzip":  # one gzip member; what follows it is not the kernel's
+        return zlib.decompressobj(wbits=31).decompress(data)
+    if kind == "lz4":
+        return _unlz4(data)
+    return _unzstd(data, strict=False)
+
+
 def extract_vmlinux(bzimage: bytes) -> bytes:
-    """The uncompressed ELF kernel inside a bzImage: find the compressed payload, unpack it."""
+    """The uncompressed ELF kernel inside a bzImage: find the compressed payload, unpack it.
+    A magic number can turn up by chance inside the image, so every place it occurs is tried
+    until one unpacks to an ELF file."""
     for magic, kind in _PAYLOADS:
         start = bzimage.find(magic)
         while start != -1:
-            with contextlib.suppress(Exception):
-                if kind == "xz":
-                    out = lzma.LZMADecompressor().decompress(bzimage[start:])
-                elif kind == "gzip":
-                    out = gzip.GzipFile(fileobj=io.BytesIO(bzimage[start:])).read()
-                else:
-                    out = _unzstd(bzimage[start:])
-                if out.startswith(b"\x7fELF"):
-                    return out
+            try:
+                out = _unpack(kind, bzimage[start:])
+            except MissingTool:
+                raise
+            except Exception:  # not the payload: try the next place
+                out = b""
+            if out.startswith(b"\x7fELF"):
+                return out
             start = bzimage.find(magic, start + 1)
     raise ImageError("no ELF kernel found inside the bzImage")
+
+
+def builtin_modules(modules_dir: Path) -> set[str]:
+    """The names of the modules the kernel has built in (its ``modules.builtin``)."""
+    builtin_file = modules_dir / "modules.builtin"
+    if not builtin_file.exists():
+        return set()
+    return {module_name(p) for p in builtin_file.read_text().split()}
 
 
 def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
@@ -159,10 +191,7 @@ def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
         module_name(p.name): p.relative_to(modules_dir).as_posix()
         for p in modules_dir.rglob("*.ko*")
     }
-    builtin: set[str] = set()
-    builtin_file = modules_dir / "modules.builtin"
-    if builtin_file.exists():
-        builtin = {module_name(p) for p in builtin_file.read_text().split()}
+    builtin = builtin_modules(modules_dir)
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
