@@ -30,6 +30,7 @@ from swarmstack.tickets.models import (
     TicketSpec,
     TicketState,
 )
+from swarmstack.tickets.schema import MIGRATIONS
 from swarmstack.tickets.store import Change, TicketStore
 
 TTL = 30.0
@@ -992,9 +993,9 @@ def test_a_lease_token_authenticates_as_its_ticket_and_epoch(
 def test_migrate_twice_is_a_no_op(store: TicketStore, database_url: str) -> None:
     p = store.create_plan(diamond())
     version = store.migrate()
-    assert store.migrate() == version == 1
+    assert store.migrate() == version == len(MIGRATIONS)
     with store.db.read() as tx:
-        assert tx.scalar("SELECT COUNT(*) FROM schema_version") == 1
+        assert tx.scalar("SELECT COUNT(*) FROM schema_version") == len(MIGRATIONS)
 
     reopened = TicketStore(Database(database_url))
     try:
@@ -1172,3 +1173,26 @@ def test_racing_agents_finish_every_ticket_exactly_once(
     assert tailed == [e.seq for e in events if e.seq > start], "the tailing reader missed events"
     for x in store.list_tickets(plan_id=p.id):
         assert x.epoch == sum(1 for c in claims if c[0] == x.id)
+
+
+def test_a_version_1_database_gains_the_usage_table_and_keeps_its_plans(database_url: str) -> None:
+    from swarmstack.db import migrate
+
+    db = Database(database_url)
+    try:
+        assert migrate(db, MIGRATIONS[:1]) == 1
+        with db.tx() as tx:  # a plan as version 1 stored it: no budget column yet
+            tx.execute(
+                "INSERT INTO plans (title, description, created_at, spec) "
+                "VALUES ('old', '', 1.0, '{\"title\": \"old\", \"tickets\": []}')"
+            )
+    finally:
+        db.close()
+    upgraded = TicketStore(Database(database_url))
+    try:
+        assert upgraded.migrate() == len(MIGRATIONS)
+        [plan] = upgraded.list_plans()
+        assert plan.title == "old" and plan.budget_usd is None and plan.spent_usd == 0
+        assert upgraded.usage(plan_id=plan.id).calls == 0
+    finally:
+        upgraded.close()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,30 @@ class Settings(BaseSettings):
     )
     max_sandboxes: int = Field(
         default=32, ge=1, le=4096, description="sandboxes the VM API keeps alive at once"
+    )
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWARM_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="the key the LLM gateway sends upstream; it never leaves the control plane",
+    )
+    llm_upstream_url: str = Field(
+        default="https://api.anthropic.com",
+        description="where the LLM gateway forwards model calls: the Anthropic API, or any "
+        "server that speaks it (the scripted model)",
+    )
+    llm_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    llm_max_body_bytes: int = Field(
+        default=32 << 20, ge=1024, description="the largest model request the gateway takes"
+    )
+    llm_price_file: Path | None = Field(
+        default=None, description="a JSON price table to use instead of the built-in one"
+    )
+    ticket_budget_usd: float = Field(
+        default=10.0, ge=0, description="what one ticket's model calls may cost in all"
+    )
+    plan_budget_usd: float | None = Field(
+        default=None, ge=0, description="a plan's budget when its plan file names none"
     )
 
     api_url: str = Field(default="http://127.0.0.1:8420", description="where clients find the API")

@@ -23,6 +23,7 @@ from swarmstack.api import (
     routes_admin,
     routes_agents,
     routes_events,
+    routes_llm,
     routes_tickets,
     routes_vm,
 )
@@ -94,6 +95,8 @@ def create_app(
             if listener is not None:
                 listener.stop()
             await state.sandboxes.close()
+            if state.gateway is not None:
+                await state.gateway.close()
             state.close()
 
     app = FastAPI(
@@ -111,6 +114,7 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
     app.include_router(routes_vm.router)
+    app.include_router(routes_llm.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(
@@ -199,11 +203,14 @@ class BodyLimit:
         self.default = settings.max_body_bytes
         self.plans = settings.max_plan_bytes
         self.files = settings.max_file_bytes
+        self.llm = settings.llm_max_body_bytes
 
     def limit(self, scope: Scope) -> int:
         path: str = scope["path"]
         if path.startswith("/v1/plans"):
             return self.plans
+        if path.startswith("/llm/"):
+            return self.llm
         if scope["method"] == "PUT" and _FILE_UPLOAD.match(path):
             return self.files
         return self.default

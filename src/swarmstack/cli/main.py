@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from swarmstack.cli import bench, image, plan, tickets, tokens, vm
+from swarmstack.cli import bench, image, model, plan, tickets, tokens, vm
 from swarmstack.cli.common import (
     ApiOption,
     JsonOption,
@@ -31,6 +31,7 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(bench.app, name="bench")
 app.add_typer(vm.app, name="vm")
 app.add_typer(image.app, name="image")
+app.add_typer(model.app, name="model")
 
 
 @app.command()

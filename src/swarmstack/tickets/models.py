@@ -22,6 +22,8 @@ def _number_only(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_number_only)]
 Number = Annotated[float, BeforeValidator(_number_only)]
+# The bounds before the validator: so they reach the JSON schema inside an optional's anyOf.
+Dollars = Annotated[float, Field(ge=0, le=1e9), BeforeValidator(_number_only)]
 
 
 class TicketState(enum.StrEnum):
@@ -67,6 +69,9 @@ class PlanSpec(BaseModel):
 
     title: Text = Field(min_length=1, max_length=500)
     description: Text = ""
+    budget_usd: Dollars | None = Field(
+        default=None, description="what the plan's model calls may cost in all, in US dollars"
+    )
     tickets: list[TicketSpec]
 
 
@@ -105,6 +110,8 @@ class Plan(BaseModel):
     created_at: float
     ticket_count: int
     counts: dict[str, int] = Field(default_factory=dict, description="tickets by state")
+    budget_usd: float | None = None
+    spent_usd: float = Field(default=0.0, description="what its model calls have cost so far")
 
 
 class TicketResult(BaseModel):

@@ -91,4 +91,28 @@ def _v1_initial(tx: Tx) -> None:
         tx.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial]
+def _v2_usage(tx: Tx) -> None:
+    """What model calls cost: one row per call through the LLM gateway, and a plan's budget."""
+    pk, real, big, txt = tx.dialect.autoincrement_pk, tx.dialect.real, tx.dialect.bigint, "TEXT"
+    for statement in (
+        f"""CREATE TABLE usage (
+            id {pk},
+            ts {real} NOT NULL,
+            plan_id {big} NOT NULL REFERENCES plans(id),
+            ticket_id {big} NOT NULL REFERENCES tickets(id),
+            epoch INTEGER NOT NULL,
+            model {txt} NOT NULL,
+            input_tokens {big} NOT NULL,
+            output_tokens {big} NOT NULL,
+            cache_creation_input_tokens {big} NOT NULL,
+            cache_read_input_tokens {big} NOT NULL,
+            cost_usd {real} NOT NULL
+        )""",
+        "CREATE INDEX usage_ticket ON usage (ticket_id)",
+        "CREATE INDEX usage_plan ON usage (plan_id)",
+        f"ALTER TABLE plans ADD COLUMN budget_usd {real}",
+    ):
+        tx.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage]

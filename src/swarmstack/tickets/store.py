@@ -129,6 +129,24 @@ class Change:
     ready: int = 0
 
 
+@dataclass(frozen=True)
+class Spend:
+    plan_id: int
+    ticket_usd: float
+    plan_usd: float
+    plan_budget_usd: float | None
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: float
+
+
 @dataclass
 class SweepResult:
     expired: list[int] = field(default_factory=list)
@@ -251,9 +269,15 @@ class TicketStore:
         with self.db.tx() as tx:
             plan_id = int(
                 tx.scalar(
-                    "INSERT INTO plans (title, description, created_at, spec) "
-                    "VALUES (:t, :d, :c, :s) RETURNING id",
-                    {"t": spec.title, "d": spec.description, "c": now, "s": spec.model_dump_json()},
+                    "INSERT INTO plans (title, description, created_at, spec, budget_usd) "
+                    "VALUES (:t, :d, :c, :s, :b) RETURNING id",
+                    {
+                        "t": spec.title,
+                        "d": spec.description,
+                        "c": now,
+                        "s": spec.model_dump_json(),
+                        "b": spec.budget_usd,
+                    },
                 )
             )
             tx.executemany(
@@ -310,7 +334,9 @@ class TicketStore:
     def get_plan(self, plan_id: int) -> Plan:
         with self.db.read() as tx:
             row = tx.one(
-                "SELECT id, title, description, created_at FROM plans WHERE id = :id",
+                "SELECT id, title, description, created_at, budget_usd, "
+                "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = :id) AS spent_usd "
+                "FROM plans WHERE id = :id",
                 {"id": plan_id},
             )
             if row is None:
@@ -615,6 +641,113 @@ class TicketStore:
         return StaleLease(
             f"lease epoch {epoch} expired {now - float(row['lease_expires_at']):.3f}s ago; the "
             "ticket will be handed to another agent"
+        )
+
+    # -- model calls -------------------------------------------------------------------------
+
+    def spend(self, ticket_id: int, epoch: int) -> Spend:
+        """What a live lease's ticket and its plan have spent on model calls, and the plan's
+        budget; StaleLease unless the lease is live (the LLM gateway's check before a call)."""
+        now = self.clock()
+        with self.db.read() as tx:
+            row = tx.one(
+                "SELECT t.plan_id, p.budget_usd, "
+                "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE ticket_id = t.id) AS ticket, "
+                "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = t.plan_id) AS plan "
+                "FROM tickets t JOIN plans p ON p.id = t.plan_id "
+                "WHERE t.id = :id AND t.epoch = :epoch AND t.state = 'claimed' "
+                "AND t.lease_expires_at > :now",
+                {"id": ticket_id, "epoch": epoch, "now": now},
+            )
+            if row is None:
+                raise self._why_stale(tx, ticket_id, epoch, now)
+        budget = row["budget_usd"]
+        return Spend(
+            plan_id=int(row["plan_id"]),
+            ticket_usd=float(row["ticket"]),
+            plan_usd=float(row["plan"]),
+            plan_budget_usd=None if budget is None else float(budget),
+        )
+
+    def record_usage(
+        self,
+        ticket_id: int,
+        epoch: int,
+        model: str,
+        tokens: dict[str, int],
+        cost_usd: float,
+        *,
+        priced: str = "table",
+    ) -> float:
+        """Record one model call of a ticket (even if its lease ended meanwhile: the tokens
+        were spent) with an ``llm.usage`` event; returns what the ticket has spent in all."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            plan_id = tx.scalar("SELECT plan_id FROM tickets WHERE id = :id", {"id": ticket_id})
+            if plan_id is None:
+                raise NotFound(f"no ticket {ticket_id}")
+            tx.execute(
+                "INSERT INTO usage (ts, plan_id, ticket_id, epoch, model, input_tokens, "
+                "output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd) "
+                "VALUES (:ts, :plan, :ticket, :epoch, :model, :i, :o, :cw, :cr, :cost)",
+                {
+                    "ts": now,
+                    "plan": plan_id,
+                    "ticket": ticket_id,
+                    "epoch": epoch,
+                    "model": model,
+                    "i": tokens.get("input_tokens", 0),
+                    "o": tokens.get("output_tokens", 0),
+                    "cw": tokens.get("cache_creation_input_tokens", 0),
+                    "cr": tokens.get("cache_read_input_tokens", 0),
+                    "cost": cost_usd,
+                },
+            )
+            total = float(
+                tx.scalar(
+                    "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE ticket_id = :id",
+                    {"id": ticket_id},
+                )
+            )
+            data = {
+                "epoch": epoch,
+                "model": model,
+                **tokens,
+                "cost_usd": cost_usd,
+                "priced": priced,
+                "ticket_spent_usd": round(total, 6),
+            }
+            self._append(tx, [("llm.usage", int(plan_id), ticket_id, data)])
+        self._publish(0)
+        return total
+
+    def usage(self, *, plan_id: int | None = None, ticket_id: int | None = None) -> UsageTotals:
+        """Tokens and cost of the model calls of a plan, a ticket, or everything."""
+        where, params = [], {}
+        if plan_id is not None:
+            where.append("plan_id = :plan")
+            params["plan"] = plan_id
+        if ticket_id is not None:
+            where.append("ticket_id = :ticket")
+            params["ticket"] = ticket_id
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self.db.read() as tx:
+            row = tx.one(
+                "SELECT COUNT(*) AS calls, COALESCE(SUM(input_tokens), 0) AS input_tokens, "
+                "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
+                "COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens, "
+                "COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens, "
+                f"COALESCE(SUM(cost_usd), 0) AS cost_usd FROM usage {clause}",
+                params,
+            )
+        assert row is not None
+        return UsageTotals(
+            calls=int(row["calls"]),
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            cache_creation_input_tokens=int(row["cache_creation_input_tokens"]),
+            cache_read_input_tokens=int(row["cache_read_input_tokens"]),
+            cost_usd=float(row["cost_usd"]),
         )
 
     # -- operators ---------------------------------------------------------------------------

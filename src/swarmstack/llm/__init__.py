@@ -1,0 +1,1 @@
+"""The model side: the LLM gateway's pieces, the scripted model, prices."""
