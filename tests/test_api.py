@@ -917,6 +917,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/plans/{plan_id}"),
     ("get", "/v1/plans/{plan_id}/waves"),
     ("get", "/v1/tickets"),
+    ("get", "/v1/usage"),
     ("get", "/v1/tickets/{ticket_id}"),
     ("post", "/v1/tickets/{ticket_id}/cancel"),
     ("post", "/v1/tickets/{ticket_id}/retry"),

@@ -29,6 +29,7 @@ from swarmstack.tickets.models import Lease, PlanSpec, TicketSpec, TicketState
 from swarmstack.tickets.store import TicketStore
 
 CANARY_KEY = "sk-ant-api03-CANARY-4f2d9c1e7b"
+ADMIN = "swadmin_0_" + "a" * 43
 MODEL = "claude-sonnet-4-6"  # $3 in, $15 out per million tokens
 
 SCRIPT: dict[str, Any] = {
@@ -95,6 +96,7 @@ def _world(
             database_url=database_url,
             llm_upstream_url=upstream_url or upstream.url,
             anthropic_api_key=CANARY_KEY,
+            admin_token=ADMIN,
             **settings,
         )
         store = TicketStore.from_settings(config)
@@ -448,3 +450,32 @@ def test_swarm_model_serve_answers_and_refuses_a_bad_script(tmp_path: Path) -> N
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_usage_is_reported_per_plan_and_ticket_to_those_who_may_see_it(world: World) -> None:
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+    from swarmstack.client import SwarmClient
+    from swarmstack.errors import Forbidden
+
+    writer, spender = world.lease("T-1"), world.lease("T-2")
+    _ask(world.client(writer.token), "T-1")  # $0.006
+    _ask(world.client(spender.token), "T-2")  # $0.018
+    with SwarmClient(world.url, ADMIN) as admin:
+        report = admin.usage(plan_id=writer.ticket.plan_id)
+    assert report.calls == 2 and report.cost_usd == pytest.approx(0.024)
+    assert [t.key for t in report.tickets] == ["T-2", "T-1"]  # costliest first
+    assert report.input_tokens == 2000 and report.output_tokens == 1200
+    with SwarmClient(world.url, writer.token) as agent:
+        own = agent.usage(ticket_id=writer.ticket.id)
+        assert own.calls == 1 and own.tickets[0].key == "T-1"
+        with pytest.raises(Forbidden):
+            agent.usage(ticket_id=spender.ticket.id)
+        with pytest.raises(Forbidden):
+            agent.usage(plan_id=writer.ticket.plan_id)
+    shown = CliRunner().invoke(
+        app, ["tickets", "usage", "--plan", "1", "--api", world.url, "--token", ADMIN]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "T-2" in shown.output and "$0.0240" in shown.output

@@ -51,6 +51,7 @@ from swarmstack.tickets.models import (
     Ticket,
     TicketResult,
     TicketState,
+    UsageReport,
     ValidationReport,
     WavesReport,
 )
@@ -221,6 +222,11 @@ class Calls:
         if plan_id is not None:
             params["plan_id"] = plan_id
         return Call("GET", "/v1/events", _model(EventPage), params=params)
+
+    @staticmethod
+    def usage(plan_id: int | None = None, ticket_id: int | None = None) -> Call[UsageReport]:
+        params = {k: v for k, v in (("plan_id", plan_id), ("ticket_id", ticket_id)) if v}
+        return Call("GET", "/v1/usage", _model(UsageReport), params=params)
 
     @staticmethod
     def create_token(kind: str, name: str) -> Call[TokenCreated]:
@@ -498,6 +504,9 @@ class SwarmClient:
 
     def events(self, after: int = 0, limit: int = 1000, plan_id: int | None = None) -> EventPage:
         return self.send(Calls.events(after, limit, plan_id))
+
+    def usage(self, plan_id: int | None = None, ticket_id: int | None = None) -> UsageReport:
+        return self.send(Calls.usage(plan_id, ticket_id))
 
     def all_events(self, after: int = 0, plan_id: int | None = None) -> list[Event]:
         """Every event after ``after``, following pages."""

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
         default=None, ge=0, description="a plan's budget when its plan file names none"
     )
 
+    max_push_bytes: int = Field(
+        default=256 << 20, ge=1024, description="the largest git push the broker takes"
+    )
+
     api_url: str = Field(default="http://127.0.0.1:8420", description="where clients find the API")
     token: str | None = Field(default=None, description="the bearer token clients send")
 
@@ -114,6 +118,11 @@ class Settings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin.token"
+
+    @property
+    def repos_dir(self) -> Path:
+        """The local forge: a bare repository per plan."""
+        return self.data_dir / "repos"
 
     @property
     def snapshot_dir(self) -> Path:

@@ -23,6 +23,7 @@ from swarmstack.api import (
     routes_admin,
     routes_agents,
     routes_events,
+    routes_git,
     routes_llm,
     routes_tickets,
     routes_vm,
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(routes_events.router)
     app.include_router(routes_vm.router)
     app.include_router(routes_llm.router)
+    app.include_router(routes_git.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(
@@ -204,6 +206,7 @@ class BodyLimit:
         self.plans = settings.max_plan_bytes
         self.files = settings.max_file_bytes
         self.llm = settings.llm_max_body_bytes
+        self.push = settings.max_push_bytes
 
     def limit(self, scope: Scope) -> int:
         path: str = scope["path"]
@@ -211,6 +214,8 @@ class BodyLimit:
             return self.plans
         if path.startswith("/llm/"):
             return self.llm
+        if path.startswith("/git/"):
+            return self.push
         if scope["method"] == "PUT" and _FILE_UPLOAD.match(path):
             return self.files
         return self.default

@@ -23,6 +23,7 @@ from swarmstack.tickets.models import (
     PlanSpec,
     Ticket,
     TicketState,
+    UsageReport,
     ValidationReport,
     WavesReport,
 )
@@ -149,3 +150,21 @@ async def retry_ticket(ticket_id: IdPath, ctx: Context) -> Ticket:
     """Give a failed, dead or cancelled ticket a fresh set of attempts, now."""
     require_admin(ctx.caller)
     return ctx.state.store.retry(ticket_id)
+
+
+# -- model usage ---------------------------------------------------------------------------
+
+
+@router.get("/usage", response_model=UsageReport, responses=error_responses(403), tags=["usage"])
+async def usage(
+    ctx: Context,
+    plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> UsageReport:
+    """Tokens and dollars spent on model calls through the LLM gateway: everything, a plan's or
+    a ticket's (a lease token may ask for its own ticket's)."""
+    if ticket_id is None or plan_id is not None:
+        require_admin(ctx.caller)
+    else:
+        require_ticket_access(ctx.caller, ticket_id)
+    return ctx.state.store.usage(plan_id=plan_id, ticket_id=ticket_id)

@@ -171,3 +171,36 @@ def cancel(
         print_json(ticket)
     else:
         console.print(f"ticket {ticket.id} ({ticket.key}) is {ticket.state.value}")
+
+
+@app.command("usage")
+@guarded
+def usage(
+    plan: int | None = typer.Option(None, "--plan", help="Only this plan's model calls."),
+    ticket: int | None = typer.Option(None, "--ticket", help="Only this ticket's model calls."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Tokens and dollars spent on model calls through the LLM gateway, per ticket."""
+    with client(api, token) as api_client:
+        report = api_client.usage(plan_id=plan, ticket_id=ticket)
+    if json_out:
+        print_json(report)
+        return
+    table = Table("ticket", "key", "calls", "input", "output", "cost $")
+    for row in report.tickets:
+        table.add_row(
+            str(row.ticket_id),
+            row.key,
+            str(row.calls),
+            f"{row.input_tokens:,}",
+            f"{row.output_tokens:,}",
+            f"{row.cost_usd:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"{report.calls} calls, {report.input_tokens:,} input and {report.output_tokens:,} "
+        f"output tokens ({report.cache_read_input_tokens:,} read from the cache): "
+        f"[bold]${report.cost_usd:.4f}[/]"
+    )

@@ -153,6 +153,27 @@ class Ticket(BaseModel):
     result: TicketResult | None
 
 
+class TicketUsage(BaseModel):
+    ticket_id: int
+    key: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class UsageReport(BaseModel):
+    """What model calls through the LLM gateway have used and cost, in all and per ticket."""
+
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: float
+    tickets: list[TicketUsage] = Field(default_factory=list, description="costliest first")
+
+
 class Lease(BaseModel):
     """What a successful claim returns: the ticket and the right to work on it."""
 

@@ -32,6 +32,7 @@ from swarmstack.tickets.models import (
     Ticket,
     TicketResult,
     TicketState,
+    UsageReport,
     WavesReport,
 )
 from swarmstack.tickets.schema import MIGRATIONS
@@ -135,16 +136,6 @@ class Spend:
     ticket_usd: float
     plan_usd: float
     plan_budget_usd: float | None
-
-
-@dataclass(frozen=True)
-class UsageTotals:
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    cost_usd: float
 
 
 @dataclass
@@ -643,6 +634,18 @@ class TicketStore:
             "ticket will be handed to another agent"
         )
 
+    def live_ticket(self, ticket_id: int, epoch: int) -> Ticket:
+        """The ticket a lease is for, if the lease is live; StaleLease if it is not."""
+        now = self.clock()
+        with self.db.read() as tx:
+            row = tx.one(
+                f"SELECT {TICKET_COLUMNS} FROM tickets WHERE {_LIVE_LEASE}",
+                {"id": ticket_id, "epoch": epoch, "now": now},
+            )
+            if row is None:
+                raise self._why_stale(tx, ticket_id, epoch, now)
+        return _ticket(row)
+
     # -- model calls -------------------------------------------------------------------------
 
     def spend(self, ticket_id: int, epoch: int) -> Spend:
@@ -721,34 +724,38 @@ class TicketStore:
         self._publish(0)
         return total
 
-    def usage(self, *, plan_id: int | None = None, ticket_id: int | None = None) -> UsageTotals:
-        """Tokens and cost of the model calls of a plan, a ticket, or everything."""
+    def usage(self, *, plan_id: int | None = None, ticket_id: int | None = None) -> UsageReport:
+        """Tokens and cost of the model calls of a plan, a ticket, or everything, with the
+        share of each ticket."""
         where, params = [], {}
         if plan_id is not None:
-            where.append("plan_id = :plan")
+            where.append("u.plan_id = :plan")
             params["plan"] = plan_id
         if ticket_id is not None:
-            where.append("ticket_id = :ticket")
+            where.append("u.ticket_id = :ticket")
             params["ticket"] = ticket_id
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sums = (
+            "COUNT(*) AS calls, COALESCE(SUM(u.input_tokens), 0) AS input_tokens, "
+            "COALESCE(SUM(u.output_tokens), 0) AS output_tokens, "
+            "COALESCE(SUM(u.cost_usd), 0) AS cost_usd"
+        )
         with self.db.read() as tx:
             row = tx.one(
-                "SELECT COUNT(*) AS calls, COALESCE(SUM(input_tokens), 0) AS input_tokens, "
-                "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
-                "COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens, "
-                "COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens, "
-                f"COALESCE(SUM(cost_usd), 0) AS cost_usd FROM usage {clause}",
+                f"SELECT {sums}, "
+                "COALESCE(SUM(u.cache_creation_input_tokens), 0) AS cache_creation_input_tokens, "
+                "COALESCE(SUM(u.cache_read_input_tokens), 0) AS cache_read_input_tokens "
+                f"FROM usage u {clause}",
+                params,
+            )
+            tickets = tx.all(
+                f"SELECT u.ticket_id, t.key, {sums} FROM usage u "
+                f"JOIN tickets t ON t.id = u.ticket_id {clause} "
+                "GROUP BY u.ticket_id, t.key ORDER BY cost_usd DESC, u.ticket_id",
                 params,
             )
         assert row is not None
-        return UsageTotals(
-            calls=int(row["calls"]),
-            input_tokens=int(row["input_tokens"]),
-            output_tokens=int(row["output_tokens"]),
-            cache_creation_input_tokens=int(row["cache_creation_input_tokens"]),
-            cache_read_input_tokens=int(row["cache_read_input_tokens"]),
-            cost_usd=float(row["cost_usd"]),
-        )
+        return UsageReport.model_validate({**row, "tickets": tickets})
 
     # -- operators ---------------------------------------------------------------------------
 
