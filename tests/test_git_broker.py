@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,3 +250,83 @@ def test_push_commands_are_read_from_pkt_lines() -> None:
     for broken in (b"", b"00zz", b"0010short", b"0009abcd\n0000"):
         with pytest.raises(UsageError):
             ref_updates(broken)
+
+
+# -- the forge through the API: a plan's repository and its pull requests -----------------------
+
+
+def test_a_completed_ticket_with_its_branch_opens_one_pull_request(forge: Forge) -> None:
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+    from swarmstack.client import SwarmClient
+    from swarmstack.tickets.models import TicketResult
+
+    lease = forge.lease()
+    workspace = forge.clone(lease.token, "ws")
+    (workspace / "README.md").write_text("# sample\nmore\n")
+    commit(workspace, "feature.py", "print('hi')\n")
+    client_git("commit", "-qam", "readme", cwd=workspace)
+    assert push(workspace, lease.token, f"HEAD:refs/heads/swarm/{lease.ticket.id}").returncode == 0
+    with SwarmClient(forge.url, lease.token) as agent:
+        agent.complete(lease, TicketResult(summary="done", branch=f"swarm/{lease.ticket.id}"))
+    pull = forge.store.pull_request(lease.ticket.id)
+    assert (pull.base, pull.head, pull.state) == ("main", f"swarm/{lease.ticket.id}", "open")
+    assert (pull.files_changed, pull.insertions, pull.deletions) == (2, 2, 0)
+    head = client_git("rev-parse", "HEAD", cwd=workspace).stdout.strip()
+    assert pull.head_sha == head
+    cli = CliRunner()
+    common = ["--api", forge.url, "--token", ADMIN]
+    listed = cli.invoke(app, ["pr", "ls", "--json", *common])
+    assert listed.exit_code == 0, listed.output
+    assert [p["ticket_id"] for p in json.loads(listed.output)] == [lease.ticket.id]
+    shown = cli.invoke(app, ["pr", "show", str(lease.ticket.id), *common])
+    assert "2 files changed, 2 insertions(+), 0 deletions(-)" in shown.output
+    diff = cli.invoke(app, ["pr", "diff", str(lease.ticket.id), *common])
+    assert "+print('hi')" in diff.output and "+more" in diff.output
+    missing = cli.invoke(app, ["pr", "show", "999", *common])
+    assert missing.exit_code == 1 and "has no pull request" in missing.output
+    opened = [e for e in forge.store.events_after(0) if e.kind == "pr.opened"]
+    assert len(opened) == 1 and opened[0].data["files_changed"] == 2
+
+
+def test_a_reported_branch_that_never_arrived_is_noted_not_opened(forge: Forge) -> None:
+    from swarmstack.client import SwarmClient
+    from swarmstack.errors import NotFound
+    from swarmstack.tickets.models import TicketResult
+
+    lease = forge.lease()
+    with SwarmClient(forge.url, lease.token) as agent:
+        done = agent.complete(lease, TicketResult(branch=f"swarm/{lease.ticket.id}"))
+    assert done.state.value == "done"  # the completion stands
+    with pytest.raises(NotFound):
+        forge.store.pull_request(lease.ticket.id)
+    [missing] = [e for e in forge.store.events_after(0) if e.kind == "pr.missing"]
+    assert "no branch swarm/" in missing.data["reason"]
+
+
+def test_a_plans_repository_is_imported_through_the_api(forge: Forge, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+
+    plan = forge.store.create_plan(
+        PlanSpec(title="second", tickets=[TicketSpec(id="c", title="c")])
+    )
+    common = ["--api", forge.url, "--token", ADMIN]
+    cli = CliRunner()
+    done = cli.invoke(
+        app, ["plan", "repo", str(plan.id), str(tmp_path / "source"), "--json", *common]
+    )
+    assert done.exit_code == 0, done.output
+    repo = json.loads(done.output)
+    assert repo["default_branch"] == "main" and repo["remote"] == f"/git/plan-{plan.id}.git"
+    again = cli.invoke(app, ["plan", "repo", str(plan.id), str(tmp_path / "source"), *common])
+    assert again.exit_code == 1 and "already has a repository" in again.output
+    not_git = cli.invoke(app, ["plan", "repo", str(plan.id + 1), str(tmp_path), *common])
+    assert not_git.exit_code == 1 and "no plan" in not_git.output
+    third = forge.store.create_plan(
+        PlanSpec(title="third", tickets=[TicketSpec(id="d", title="d")])
+    )
+    plain_dir = cli.invoke(app, ["plan", "repo", str(third.id), str(tmp_path / "data"), *common])
+    assert plain_dir.exit_code == 2 and "is not a git repository" in plain_dir.output

@@ -89,13 +89,25 @@ PLAN_IS_A_DAG = {
     },
 }
 
+# A repository to import is a path on the control plane's host: one that holds no git repository
+# fits the schema and is refused with 422.
+REPO_IS_A_REPOSITORY = {
+    "include-path": "/v1/plans/{plan_id}/repo",
+    "include-method": "POST",
+    "checks": {
+        "positive_data_acceptance": {
+            "expected-statuses": ["2xx", "401", "403", "404", "409", "422", "429"]
+        }
+    },
+}
+
 
 def _schema(mode: str) -> Any:
     config = schemathesis.Config.from_dict(
         {
             "headers": {"Authorization": f"Bearer {ADMIN}"},
             "generation": {"mode": mode, "max-examples": MAX_EXAMPLES, "deterministic": True},
-            "operations": [PLAN_IS_A_DAG],
+            "operations": [PLAN_IS_A_DAG, REPO_IS_A_REPOSITORY],
         }
     )
     return schemathesis.openapi.from_dict(OPENAPI, config=config)

@@ -48,6 +48,7 @@ from swarmstack.tickets.models import (
     Lease,
     Plan,
     PlanSpec,
+    PullRequest,
     Ticket,
     TicketResult,
     TicketState,
@@ -90,6 +91,10 @@ def _nothing(_status: int, _body: bytes) -> None:
 
 def _bytes(_status: int, body: bytes) -> bytes:
     return body
+
+
+def _json(_status: int, body: bytes) -> Any:
+    return json.loads(body)
 
 
 def _vm(sandbox_id: str, rest: str = "") -> str:
@@ -227,6 +232,23 @@ class Calls:
     def usage(plan_id: int | None = None, ticket_id: int | None = None) -> Call[UsageReport]:
         params = {k: v for k, v in (("plan_id", plan_id), ("ticket_id", ticket_id)) if v}
         return Call("GET", "/v1/usage", _model(UsageReport), params=params)
+
+    @staticmethod
+    def import_repo(plan_id: int, source: str) -> Call[dict[str, Any]]:
+        return Call("POST", f"/v1/plans/{plan_id}/repo", _json, {"source": source})
+
+    @staticmethod
+    def list_pulls(plan_id: int | None = None) -> Call[list[PullRequest]]:
+        params = {"plan_id": plan_id} if plan_id else {}
+        return Call("GET", "/v1/pulls", _list(PullRequest), params=params)
+
+    @staticmethod
+    def get_pull(ticket_id: int) -> Call[PullRequest]:
+        return Call("GET", f"/v1/pulls/{ticket_id}", _model(PullRequest))
+
+    @staticmethod
+    def pull_diff(ticket_id: int) -> Call[bytes]:
+        return Call("GET", f"/v1/pulls/{ticket_id}/diff", _bytes)
 
     @staticmethod
     def create_token(kind: str, name: str) -> Call[TokenCreated]:
@@ -507,6 +529,18 @@ class SwarmClient:
 
     def usage(self, plan_id: int | None = None, ticket_id: int | None = None) -> UsageReport:
         return self.send(Calls.usage(plan_id, ticket_id))
+
+    def import_repo(self, plan_id: int, source: str) -> dict[str, Any]:
+        return self.send(Calls.import_repo(plan_id, source))
+
+    def list_pulls(self, plan_id: int | None = None) -> list[PullRequest]:
+        return self.send(Calls.list_pulls(plan_id))
+
+    def get_pull(self, ticket_id: int) -> PullRequest:
+        return self.send(Calls.get_pull(ticket_id))
+
+    def pull_diff(self, ticket_id: int) -> str:
+        return self.send(Calls.pull_diff(ticket_id)).decode(errors="replace")
 
     def all_events(self, after: int = 0, plan_id: int | None = None) -> list[Event]:
         """Every event after ``after``, following pages."""

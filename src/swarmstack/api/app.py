@@ -23,6 +23,7 @@ from swarmstack.api import (
     routes_admin,
     routes_agents,
     routes_events,
+    routes_forge,
     routes_git,
     routes_llm,
     routes_tickets,
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(routes_vm.router)
     app.include_router(routes_llm.router)
     app.include_router(routes_git.router)
+    app.include_router(routes_forge.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(

@@ -130,6 +130,8 @@ async def complete(request: Request) -> Response:
         state.metrics.lease_writes.labels("complete", "stale").inc()
         raise
     state.metrics.lease_writes.labels("complete", "ok").inc()
+    if body.result.branch:
+        await _open_pull_request(state, ticket)
     return _json(ticket)
 
 
@@ -149,3 +151,21 @@ async def fail(request: Request) -> Response:
     )
     state.metrics.lease_writes.labels("fail", "ok").inc()
     return _json(ticket)
+
+
+async def _open_pull_request(state: AppState, ticket: Ticket) -> None:
+    """The ticket reported a branch: open its pull request from what the forge holds. A
+    plan without a repository in the forge has no pull requests here; a branch that never
+    arrived gets a ``pr.missing`` event instead. The completion stands either way."""
+    from swarmstack.forge.hostgit import GitFailed
+    from swarmstack.forge.local import LocalForge, ticket_branch
+
+    forge = LocalForge(state.settings.repos_dir)
+    if not forge.has_repo(ticket.plan_id):
+        return
+    try:  # git runs in a thread; the store is called the way every route calls it
+        stats = await asyncio.to_thread(forge.stats, ticket.plan_id, ticket_branch(ticket.id))
+    except (NotFound, GitFailed) as exc:
+        await state.call(state.store.note, "pr.missing", ticket, {"reason": exc.message})
+        return
+    await state.call(state.store.record_pull_request, ticket.id, stats)

@@ -30,7 +30,7 @@ from swarmstack.errors import (
     UsageError,
 )
 from swarmstack.forge import hostgit
-from swarmstack.forge.local import LocalForge
+from swarmstack.forge.local import LocalForge, ticket_branch
 from swarmstack.forge.pktline import ref_updates
 
 router = APIRouter(prefix="/git", include_in_schema=False)
@@ -39,7 +39,7 @@ _NO_CACHE = {"Cache-Control": "no-cache, max-age=0, must-revalidate", "Pragma": 
 
 
 def branch_of(ticket_id: int) -> str:
-    return f"refs/heads/swarm/{ticket_id}"
+    return f"refs/heads/{ticket_branch(ticket_id)}"
 
 
 def _refuse(status: int, message: str) -> PlainTextResponse:

@@ -96,6 +96,29 @@ def import_command(
         )
 
 
+@app.command("repo")
+def repo_command(
+    plan_id: Annotated[int, typer.Argument(min=1, help="The plan's id.", show_default=False)],
+    source: Annotated[
+        Path, typer.Argument(help="The local git repository the plan is for.", show_default=False)
+    ],
+    json_out: JsonFlag = False,
+    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+) -> None:
+    """Give a plan its repository in the control plane's forge (a bare clone of SOURCE):
+    sandboxes fetch it and push their branches to it through the git broker."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        repo = api_client.import_repo(plan_id, str(source.resolve()))
+    if json_out:
+        common.print_json(repo)
+    else:
+        common.console.print(
+            f"plan {plan_id}: repository {escape(repo['path'])}, work goes into "
+            f"{escape(repo['default_branch'])}; sandboxes use {escape(repo['remote'])}"
+        )
+
+
 def waves_command(file: PlanFile, json_out: JsonFlag = False) -> None:
     """Show the waves and the critical path of a local plan file.
 

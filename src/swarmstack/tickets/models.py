@@ -174,6 +174,29 @@ class UsageReport(BaseModel):
     tickets: list[TicketUsage] = Field(default_factory=list, description="costliest first")
 
 
+class DiffStats(BaseModel):
+    """A branch against the base it left: its commits and the size of its change."""
+
+    base: str
+    head: str
+    base_sha: str
+    head_sha: str
+    files_changed: int
+    insertions: int
+    deletions: int
+
+
+class PullRequest(DiffStats):
+    """A ticket's branch against its plan's base branch, in the forge."""
+
+    id: int
+    plan_id: int
+    ticket_id: int
+    state: Literal["open", "merged", "closed"]
+    created_at: float
+    updated_at: float
+
+
 class Lease(BaseModel):
     """What a successful claim returns: the ticket and the right to work on it."""
 

@@ -115,4 +115,27 @@ def _v2_usage(tx: Tx) -> None:
         tx.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage]
+def _v3_pull_requests(tx: Tx) -> None:
+    """A pull-request record per ticket whose branch reached the forge."""
+    pk, real, big, txt = tx.dialect.autoincrement_pk, tx.dialect.real, tx.dialect.bigint, "TEXT"
+    tx.execute(
+        f"""CREATE TABLE pull_requests (
+            id {pk},
+            plan_id {big} NOT NULL REFERENCES plans(id),
+            ticket_id {big} NOT NULL UNIQUE REFERENCES tickets(id),
+            base {txt} NOT NULL,
+            head {txt} NOT NULL,
+            base_sha {txt} NOT NULL,
+            head_sha {txt} NOT NULL,
+            files_changed INTEGER NOT NULL,
+            insertions INTEGER NOT NULL,
+            deletions INTEGER NOT NULL,
+            state {txt} NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )"""
+    )
+    tx.execute("CREATE INDEX pull_requests_plan ON pull_requests (plan_id, id)")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage, _v3_pull_requests]

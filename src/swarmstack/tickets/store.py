@@ -25,10 +25,12 @@ from swarmstack.db import EVENTS_LOCK_KEY, NOTIFY_CHANNEL, POSTGRESQL, Database,
 from swarmstack.errors import Conflict, NotFound, StaleLease
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
+    DiffStats,
     Event,
     Lease,
     Plan,
     PlanSpec,
+    PullRequest,
     Ticket,
     TicketResult,
     TicketState,
@@ -756,6 +758,83 @@ class TicketStore:
             )
         assert row is not None
         return UsageReport.model_validate({**row, "tickets": tickets})
+
+    # -- pull requests -----------------------------------------------------------------------
+
+    _PR_COLUMNS = (
+        "id, plan_id, ticket_id, base, head, base_sha, head_sha, files_changed, insertions, "
+        "deletions, state, created_at, updated_at"
+    )
+
+    def record_pull_request(self, ticket_id: int, stats: DiffStats) -> PullRequest:
+        """Open the ticket's pull request, or bring it up to date with a new push (the same
+        record: a retry of the ticket updates its pull request, it does not open another)."""
+        now = self.clock()
+        values = {
+            "ticket": ticket_id,
+            "base": stats.base,
+            "head": stats.head,
+            "bsha": stats.base_sha,
+            "hsha": stats.head_sha,
+            "files": stats.files_changed,
+            "ins": stats.insertions,
+            "dels": stats.deletions,
+            "now": now,
+        }
+        with self.db.tx() as tx:
+            plan_id = tx.scalar("SELECT plan_id FROM tickets WHERE id = :id", {"id": ticket_id})
+            if plan_id is None:
+                raise NotFound(f"no ticket {ticket_id}")
+            row = tx.one(
+                f"UPDATE pull_requests SET base = :base, head = :head, base_sha = :bsha, "
+                "head_sha = :hsha, files_changed = :files, insertions = :ins, deletions = :dels, "
+                f"state = 'open', updated_at = :now WHERE ticket_id = :ticket "
+                f"RETURNING {self._PR_COLUMNS}",
+                values,
+            )
+            kind = "pr.updated"
+            if row is None:
+                kind = "pr.opened"
+                row = tx.one(
+                    "INSERT INTO pull_requests (plan_id, ticket_id, base, head, base_sha, "
+                    "head_sha, files_changed, insertions, deletions, state, created_at, "
+                    "updated_at) VALUES (:plan, :ticket, :base, :head, :bsha, :hsha, :files, "
+                    f":ins, :dels, 'open', :now, :now) RETURNING {self._PR_COLUMNS}",
+                    {**values, "plan": plan_id},
+                )
+            assert row is not None
+            pull = PullRequest.model_validate(row)
+            data = stats.model_dump(
+                include={"head", "head_sha", "files_changed", "insertions", "deletions"}
+            )
+            self._append(tx, [(kind, pull.plan_id, ticket_id, data)])
+        self._publish(0)
+        return pull
+
+    def note(self, kind: str, ticket: Ticket, data: dict[str, Any]) -> None:
+        """Append an event about a ticket that changes no state."""
+        with self.db.tx() as tx:
+            self._append(tx, [(kind, ticket.plan_id, ticket.id, data)])
+        self._publish(0)
+
+    def pull_requests(self, plan_id: int | None = None) -> list[PullRequest]:
+        where = "WHERE plan_id = :plan " if plan_id is not None else ""
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT {self._PR_COLUMNS} FROM pull_requests {where}ORDER BY id",
+                {"plan": plan_id},
+            )
+        return [PullRequest.model_validate(r) for r in rows]
+
+    def pull_request(self, ticket_id: int) -> PullRequest:
+        with self.db.read() as tx:
+            row = tx.one(
+                f"SELECT {self._PR_COLUMNS} FROM pull_requests WHERE ticket_id = :t",
+                {"t": ticket_id},
+            )
+        if row is None:
+            raise NotFound(f"ticket {ticket_id} has no pull request")
+        return PullRequest.model_validate(row)
 
     # -- operators ---------------------------------------------------------------------------
 
