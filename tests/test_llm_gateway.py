@@ -25,7 +25,7 @@ from swarmstack.llm.scripted import ScriptedModel, load_script
 from swarmstack.llm.scripted import create_app as scripted_app
 from swarmstack.llm.sse import StreamWatcher, Usage
 from swarmstack.threaded import ThreadedServer
-from swarmstack.tickets.models import Lease, PlanSpec, TicketSpec, TicketState
+from swarmstack.tickets.models import Lease, PlanSpec, TicketResult, TicketSpec, TicketState
 from swarmstack.tickets.store import TicketStore
 
 CANARY_KEY = "sk-ant-api03-CANARY-4f2d9c1e7b"
@@ -479,3 +479,46 @@ def test_usage_is_reported_per_plan_and_ticket_to_those_who_may_see_it(world: Wo
     )
     assert shown.exit_code == 0, shown.output
     assert "T-2" in shown.output and "$0.0240" in shown.output
+
+
+def test_a_tickets_log_shows_its_events_and_follows_it_to_the_end(world: World) -> None:
+    import threading
+
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+
+    lease = world.lease("T-1")
+    _ask(world.client(lease.token), "T-1")
+    common = ["--api", world.url, "--token", ADMIN]
+    cli = CliRunner()
+    shown = cli.invoke(app, ["tickets", "log", str(lease.ticket.id), *common])
+    assert shown.exit_code == 0, shown.output
+    kinds = [line.split()[2] for line in shown.output.splitlines()]
+    assert kinds == ["ticket.ready", "ticket.claimed", "llm.usage"]
+    assert "input_tokens=1000" in shown.output
+    # --follow keeps going until the ticket is finished, then stops by itself.
+    finisher = threading.Timer(
+        0.5, lambda: world.store.complete(lease.ticket.id, lease.epoch, TicketResult())
+    )
+    finisher.start()
+    followed = cli.invoke(
+        app,
+        [
+            "tickets",
+            "log",
+            str(lease.ticket.id),
+            "--follow",
+            "--json",
+            "--interval",
+            "0.1",
+            *common,
+        ],
+    )
+    finisher.join()
+    assert followed.exit_code == 0, followed.output
+    events = [json.loads(line) for line in followed.output.splitlines()]
+    assert [e["kind"] for e in events][-1] == "ticket.done"
+    assert {e["ticket_id"] for e in events} == {lease.ticket.id}
+    missing = cli.invoke(app, ["tickets", "log", "999", *common])
+    assert missing.exit_code == 1 and "no ticket 999" in missing.output

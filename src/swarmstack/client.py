@@ -222,10 +222,14 @@ class Calls:
         )
 
     @staticmethod
-    def events(after: int = 0, limit: int = 1000, plan_id: int | None = None) -> Call[EventPage]:
+    def events(
+        after: int = 0, limit: int = 1000, plan_id: int | None = None, ticket_id: int | None = None
+    ) -> Call[EventPage]:
         params: dict[str, Any] = {"after": after, "limit": limit}
         if plan_id is not None:
             params["plan_id"] = plan_id
+        if ticket_id is not None:
+            params["ticket_id"] = ticket_id
         return Call("GET", "/v1/events", _model(EventPage), params=params)
 
     @staticmethod
@@ -524,8 +528,14 @@ class SwarmClient:
     def fail(self, lease: Lease, reason: str, retryable: bool = True) -> Ticket:
         return self.send(Calls.fail(lease, reason, retryable))
 
-    def events(self, after: int = 0, limit: int = 1000, plan_id: int | None = None) -> EventPage:
-        return self.send(Calls.events(after, limit, plan_id))
+    def events(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        plan_id: int | None = None,
+        ticket_id: int | None = None,
+    ) -> EventPage:
+        return self.send(Calls.events(after, limit, plan_id, ticket_id))
 
     def usage(self, plan_id: int | None = None, ticket_id: int | None = None) -> UsageReport:
         return self.send(Calls.usage(plan_id, ticket_id))

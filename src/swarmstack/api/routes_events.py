@@ -26,10 +26,12 @@ async def list_events(
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> EventPage:
-    """Events with a sequence number above ``after``, oldest first."""
+    """Events with a sequence number above ``after``, oldest first; of one plan, or of one
+    ticket (its log)."""
     require_admin(ctx.caller)
-    events = ctx.state.store.events_after(after, limit=limit, plan_id=plan_id)
+    events = ctx.state.store.events_after(after, limit=limit, plan_id=plan_id, ticket_id=ticket_id)
     return EventPage(events=events, last_seq=events[-1].seq if events else after)
 
 

@@ -16,7 +16,7 @@ from swarmstack.cli.common import (
     guarded,
     print_json,
 )
-from swarmstack.tickets.models import Ticket, TicketState
+from swarmstack.tickets.models import Event, Ticket, TicketState
 
 app = typer.Typer(help="List, inspect, retry and cancel tickets.", no_args_is_help=True)
 
@@ -204,3 +204,45 @@ def usage(
         f"output tokens ({report.cache_read_input_tokens:,} read from the cache): "
         f"[bold]${report.cost_usd:.4f}[/]"
     )
+
+
+def _log_line(event: Event) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    details = " ".join(f"{k}={v}" for k, v in event.data.items() if v is not None)
+    return f"{when}  #{event.seq:<6} {event.kind:<16} {details}"
+
+
+@app.command("log")
+@guarded
+def log(
+    ticket: int = typer.Argument(..., min=1, help="The ticket's id."),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing new events until the ticket is finished."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="One JSON event per line."),
+    interval_s: float = typer.Option(0.5, "--interval", min=0.05, max=60, help="Polling period."),
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """A ticket's log: its events, oldest first (claims, model calls, pushes, pull requests,
+    completion or failure)."""
+    after = 0
+    with client(api, token) as api_client:
+        api_client.get_ticket(ticket)  # 404 for a ticket that does not exist
+        while True:
+            page = api_client.events(after, limit=5000, ticket_id=ticket)
+            for event in page.events:
+                if json_out:
+                    typer.echo(event.model_dump_json())
+                else:
+                    console.print(_log_line(event), highlight=False, markup=False, soft_wrap=True)
+            after = page.last_seq
+            if len(page.events) == 5000:
+                continue
+            if not follow or api_client.get_ticket(ticket).state.finished:
+                if follow:  # what came between the last page and the state we just read
+                    for event in api_client.events(after, limit=5000, ticket_id=ticket).events:
+                        line = event.model_dump_json() if json_out else _log_line(event)
+                        typer.echo(line)
+                return
+            time.sleep(interval_s)

@@ -138,4 +138,9 @@ def _v3_pull_requests(tx: Tx) -> None:
     tx.execute("CREATE INDEX pull_requests_plan ON pull_requests (plan_id, id)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage, _v3_pull_requests]
+def _v4_ticket_events(tx: Tx) -> None:
+    """A ticket's log is its events: read them without scanning everyone's."""
+    tx.execute("CREATE INDEX events_ticket ON events (ticket_id, seq)")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage, _v3_pull_requests, _v4_ticket_events]

@@ -236,14 +236,21 @@ class TicketStore:
         )
 
     def events_after(
-        self, after: int = 0, *, limit: int = 1000, plan_id: int | None = None
+        self,
+        after: int = 0,
+        *,
+        limit: int = 1000,
+        plan_id: int | None = None,
+        ticket_id: int | None = None,
     ) -> list[Event]:
         where = "seq > :after" + (" AND plan_id = :plan" if plan_id is not None else "")
+        if ticket_id is not None:
+            where += " AND ticket_id = :ticket"
         with self.db.read() as tx:
             rows = tx.all(
                 f"SELECT seq, ts, kind, plan_id, ticket_id, data FROM events WHERE {where} "
                 "ORDER BY seq LIMIT :limit",
-                {"after": after, "plan": plan_id, "limit": limit},
+                {"after": after, "plan": plan_id, "ticket": ticket_id, "limit": limit},
             )
         return [Event.model_validate({**r, "data": json.loads(r["data"])}) for r in rows]
 
