@@ -128,10 +128,12 @@ async def _forward(request: Request, path: str, *, priced: bool) -> Response:
     state: AppState = request.app.state.swarm
     try:
         principal = await _lease(state, request)
-        refusal = await _admit(state, principal) if priced else None
-        if refusal is None and not priced:  # count_tokens: a live lease is enough
+        refusal = None
+        if priced:
+            refusal = await _admit(state, principal)
+        else:  # count_tokens costs nothing: a live lease is enough
             assert principal.ticket_id is not None and principal.epoch is not None
-            await state.call(state.store.spend, principal.ticket_id, principal.epoch)
+            await state.call(state.store.live_ticket, principal.ticket_id, principal.epoch)
     except AuthError as exc:
         return _refusal(401, "authentication_error", exc.message)
     except (StaleLease, NotFound) as exc:

@@ -226,23 +226,27 @@ def log(
 ) -> None:
     """A ticket's log: its events, oldest first (claims, model calls, pushes, pull requests,
     completion or failure)."""
+
+    def show(events: list[Event]) -> None:
+        for event in events:
+            if json_out:
+                typer.echo(event.model_dump_json())
+            else:
+                console.print(_log_line(event), highlight=False, markup=False, soft_wrap=True)
+
     after = 0
     with client(api, token) as api_client:
         api_client.get_ticket(ticket)  # 404 for a ticket that does not exist
         while True:
             page = api_client.events(after, limit=5000, ticket_id=ticket)
-            for event in page.events:
-                if json_out:
-                    typer.echo(event.model_dump_json())
-                else:
-                    console.print(_log_line(event), highlight=False, markup=False, soft_wrap=True)
+            show(page.events)
             after = page.last_seq
             if len(page.events) == 5000:
                 continue
-            if not follow or api_client.get_ticket(ticket).state.finished:
-                if follow:  # what came between the last page and the state we just read
-                    for event in api_client.events(after, limit=5000, ticket_id=ticket).events:
-                        line = event.model_dump_json() if json_out else _log_line(event)
-                        typer.echo(line)
+            if not follow:
+                return
+            if api_client.get_ticket(ticket).state.finished:
+                # What came between the last page and the state just read.
+                show(api_client.events(after, limit=5000, ticket_id=ticket).events)
                 return
             time.sleep(interval_s)

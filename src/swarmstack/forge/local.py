@@ -49,8 +49,7 @@ class LocalForge:
         try:
             partial = work / "repo.git"
             hostgit.run("clone", "--bare", "--no-local", "--", str(source.resolve()), str(partial))
-            work_repo = partial
-            work_repo.rename(target)
+            partial.rename(target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target
