@@ -27,6 +27,7 @@ from swarmstack.api.schemas import (
     EventPage,
     FileWritten,
     Health,
+    TicketContext,
     TicketPage,
     TokenCreated,
     TokenInfo,
@@ -219,6 +220,37 @@ class Calls:
         body = {"epoch": lease.epoch, "reason": reason, "retryable": retryable}
         return Call(
             "POST", f"/v1/tickets/{lease.ticket.id}/fail", _model(Ticket), body, token=lease.token
+        )
+
+    @staticmethod
+    def release(lease: Lease, reason: str = "the agent was stopped") -> Call[Ticket]:
+        body = {"epoch": lease.epoch, "reason": reason}
+        return Call(
+            "POST",
+            f"/v1/tickets/{lease.ticket.id}/release",
+            _model(Ticket),
+            body,
+            token=lease.token,
+        )
+
+    @staticmethod
+    def agent_log(lease: Lease, entries: list[dict[str, Any]]) -> Call[int]:
+        body = {"epoch": lease.epoch, "entries": entries}
+        return Call(
+            "POST",
+            f"/v1/tickets/{lease.ticket.id}/log",
+            lambda _status, raw: int(json.loads(raw)["appended"]),
+            body,
+            token=lease.token,
+        )
+
+    @staticmethod
+    def context(lease: Lease) -> Call[TicketContext]:
+        return Call(
+            "GET",
+            f"/v1/tickets/{lease.ticket.id}/context",
+            _model(TicketContext),
+            token=lease.token,
         )
 
     @staticmethod
@@ -527,6 +559,15 @@ class SwarmClient:
 
     def fail(self, lease: Lease, reason: str, retryable: bool = True) -> Ticket:
         return self.send(Calls.fail(lease, reason, retryable))
+
+    def release(self, lease: Lease, reason: str = "the agent was stopped") -> Ticket:
+        return self.send(Calls.release(lease, reason))
+
+    def agent_log(self, lease: Lease, entries: list[dict[str, Any]]) -> int:
+        return self.send(Calls.agent_log(lease, entries))
+
+    def context(self, lease: Lease) -> TicketContext:
+        return self.send(Calls.context(lease))
 
     def events(
         self,

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SWARM_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
         description="the key the LLM gateway sends upstream; it never leaves the control plane",
     )
+    github_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWARM_GITHUB_TOKEN", "GITHUB_TOKEN"),
+        description="the token the GitHub forge uses; it never leaves the control plane",
+    )
     llm_upstream_url: str = Field(
         default="https://api.anthropic.com",
         description="where the LLM gateway forwards model calls: the Anthropic API, or any "

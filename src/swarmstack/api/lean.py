@@ -30,19 +30,16 @@ M = TypeVar("M", bound=BaseModel)
 BODY_MODELS: list[type[BaseModel]] = []
 
 
-def documented(body: type[BaseModel], *, path_params: dict[str, int] | None = None) -> Any:
-    """``openapi_extra`` for a lean route: its JSON body, its integer path parameters (name →
-    maximum), and bearer auth."""
-    BODY_MODELS.append(body)
-    extra: dict[str, Any] = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
-            },
-        },
-        "security": [{"HTTPBearer": []}],
-    }
+def documented(
+    body: type[BaseModel] | None = None, *, path_params: dict[str, int] | None = None
+) -> Any:
+    """``openapi_extra`` for a lean route: its JSON body (if it takes one), its integer path
+    parameters (name → maximum), and bearer auth."""
+    extra: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+    if body is not None:
+        BODY_MODELS.append(body)
+        ref = {"$ref": f"#/components/schemas/{body.__name__}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
     if path_params:
         extra["parameters"] = [
             {

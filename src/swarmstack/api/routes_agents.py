@@ -19,9 +19,14 @@ from swarmstack.api.schemas import (
     MAX_ID,
     ClaimRequest,
     CompleteRequest,
+    DependencyInfo,
     FailRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    LogRequest,
+    LogResponse,
+    ReleaseRequest,
+    TicketContext,
 )
 from swarmstack.api.state import AppState, require_claimer, require_ticket_access
 from swarmstack.api.workers import Priority
@@ -151,6 +156,79 @@ async def fail(request: Request) -> Response:
     )
     state.metrics.lease_writes.labels("fail", "ok").inc()
     return _json(ticket)
+
+
+@router.post(
+    "/tickets/{ticket_id:int}/release",
+    response_model=Ticket,
+    responses=error_responses(403, 404, 409),
+    openapi_extra=lean.documented(ReleaseRequest, path_params=_TICKET),
+)
+async def release(request: Request) -> Response:
+    """Hand the lease back unfinished: the ticket is ready again at once, and the attempt is
+    not counted (an agent that was told to stop, not one that failed)."""
+    body = await lean.body(request, ReleaseRequest)
+    state, ticket_id = await _lease_write(request, body.epoch)
+    ticket = await state.call(state.store.release, ticket_id, body.epoch, body.reason)
+    state.metrics.lease_writes.labels("release", "ok").inc()
+    return _json(ticket)
+
+
+@router.post(
+    "/tickets/{ticket_id:int}/log",
+    response_model=LogResponse,
+    responses=error_responses(403, 404, 409, 413),
+    openapi_extra=lean.documented(LogRequest, path_params=_TICKET),
+)
+async def agent_log(request: Request) -> Response:
+    """Append to the ticket's log what its agent said and did (``agent.message``,
+    ``agent.tool_call``, ``agent.tool_result``, ``agent.output``, ``agent.status``,
+    ``agent.error`` events) while its lease is live."""
+    body = await lean.body(request, LogRequest)
+    state, ticket_id = await _lease_write(request, body.epoch)
+    entries = [(e.kind, e.data) for e in body.entries]
+    appended = await state.call(state.store.agent_log, ticket_id, body.epoch, entries)
+    return _json(LogResponse(appended=appended))
+
+
+@router.get(
+    "/tickets/{ticket_id:int}/context",
+    response_model=TicketContext,
+    responses=error_responses(403, 404),
+    openapi_extra=lean.documented(path_params=_TICKET),
+)
+async def context(request: Request) -> Response:
+    """The ticket with its plan's title and description and what the tickets it depends on
+    reported: what an agent needs to start."""
+    from swarmstack.forge.local import LocalForge
+
+    state, caller = await lean.caller(request)
+    ticket_id: int = request.path_params["ticket_id"]
+    if ticket_id < 1 or ticket_id > MAX_ID:
+        raise NotFound(f"no ticket {ticket_id}")
+    require_ticket_access(caller, ticket_id)
+    ticket = await state.call(state.store.get_ticket, ticket_id)
+    plan = await state.call(state.store.get_plan, ticket.plan_id)
+    deps = await state.call(state.store.dependencies, ticket_id)
+    infos = [
+        DependencyInfo(
+            key=d.key,
+            title=d.title,
+            state=d.state.value,
+            summary=d.result.summary if d.result else "",
+        )
+        for d in deps
+    ]
+    repository = LocalForge(state.settings.repos_dir).has_repo(ticket.plan_id)
+    return _json(
+        TicketContext(
+            ticket=ticket,
+            plan_title=plan.title,
+            plan_description=plan.description,
+            dependencies=infos,
+            repository=repository,
+        )
+    )
 
 
 async def _open_pull_request(state: AppState, ticket: Ticket) -> None:

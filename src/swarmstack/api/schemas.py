@@ -56,6 +56,50 @@ class FailRequest(LeaseWrite):
     retryable: Annotated[bool, Strict()] = True
 
 
+class ReleaseRequest(LeaseWrite):
+    reason: Text = Field(
+        default="the agent was stopped", min_length=1, max_length=2_000, description="why"
+    )
+
+
+AgentLogKind = Literal["message", "tool_call", "tool_result", "output", "status", "error"]
+
+
+class LogEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: AgentLogKind
+    data: dict[str, Any] = Field(default_factory=dict, description="becomes the event's data")
+
+
+class LogRequest(LeaseWrite):
+    """What an agent said and did, in order: each entry becomes an ``agent.<kind>`` event."""
+
+    entries: list[LogEntry] = Field(min_length=1, max_length=500)
+
+
+class LogResponse(BaseModel):
+    appended: int
+
+
+class DependencyInfo(BaseModel):
+    key: str
+    title: str
+    state: str
+    summary: str = ""
+
+
+class TicketContext(BaseModel):
+    """What an agent needs besides its ticket: the plan it belongs to and what the tickets it
+    builds on reported."""
+
+    ticket: Ticket
+    plan_title: str
+    plan_description: str
+    dependencies: list[DependencyInfo]
+    repository: bool = Field(description="whether the forge holds the plan's repository")
+
+
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

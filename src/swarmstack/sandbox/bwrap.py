@@ -32,6 +32,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -180,6 +181,7 @@ class BwrapBackend(Backend):
         uid_base: int = 200_000,
         python: str = "/usr/bin/python3",
         disk: Literal["none", "loop"] = "none",
+        binds: Sequence[tuple[Path, str]] = (),
     ) -> None:
         self.bwrap = find_bwrap()
         if disk == "loop" and os.geteuid() != 0:
@@ -188,6 +190,7 @@ class BwrapBackend(Backend):
         self.state_dir = state_dir
         self.control_dir = control_dir
         self.rootfs = rootfs
+        self.binds = list(binds)  # host directories shown read-only inside (the runner's code)
         self.uid_base = uid_base
         self.python = python
         self.privileged = os.geteuid() == 0
@@ -201,6 +204,8 @@ class BwrapBackend(Backend):
             require_traversable(self.state_dir)
             if control_dir is not None:
                 require_traversable(control_dir)
+            for source, _ in self.binds:
+                require_traversable(source)
         self.guest = self.state_dir / "guest.py"
         shutil.copyfile(guest.__file__, self.guest)
         os.chmod(self.guest, 0o644)
@@ -359,6 +364,8 @@ class BwrapBackend(Backend):
         argv += bind(home / "run", GUEST_SOCKET_DIR, writable=True)
         agent = GUEST_PATH + ("c" if self.guest.suffix == ".pyc" else "")
         argv += bind(self.guest, agent)
+        for source, dest in self.binds:
+            argv += bind(source, dest)
         forward: list[str] = []
         if self.control_dir is not None:
             argv += bind(self.control_dir, CONTROL_DIR)

@@ -583,6 +583,70 @@ class TicketStore:
         self._publish(0)
         return ticket
 
+    def release(self, ticket_id: int, epoch: int, reason: str) -> Ticket:
+        """Hand a live lease back unfinished (the runner was told to stop): the ticket is
+        ready again at once and the attempt is not counted against it."""
+        now = self.clock()
+        request = {"op": "release", "reason": reason}
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = 'ready', attempts = attempts - 1, retry_at = NULL, "
+                "lease_agent = NULL, lease_expires_at = NULL, ready_at = :now, "
+                f"updated_at = :now WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
+                {"now": now, "id": ticket_id, "epoch": epoch},
+            )
+            if row is None:
+                return self._replay(tx, ticket_id, epoch, request, now)
+            ticket = _ticket(row)
+            self._end_attempt(tx, ticket.id, epoch, "released", request, json.dumps(row), now)
+            data = {"epoch": epoch, "reason": reason}
+            self._append(
+                tx,
+                [
+                    ("ticket.released", ticket.plan_id, ticket.id, data),
+                    ("ticket.ready", ticket.plan_id, ticket.id, {}),
+                ],
+            )
+        self._publish(1)
+        return ticket
+
+    def agent_log(
+        self, ticket_id: int, epoch: int, entries: Sequence[tuple[str, dict[str, Any]]]
+    ) -> int:
+        """Append what an agent said and did (``agent.<kind>`` events) under a live lease;
+        returns how many were appended."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            row = tx.one(
+                f"SELECT plan_id FROM tickets WHERE {_LIVE_LEASE}",
+                {"id": ticket_id, "epoch": epoch, "now": now},
+            )
+            if row is None:
+                raise self._why_stale(tx, ticket_id, epoch, now)
+            plan_id = int(row["plan_id"])
+            self._append(
+                tx,
+                [
+                    (f"agent.{kind}", plan_id, ticket_id, {**data, "epoch": epoch})
+                    for kind, data in entries
+                ],
+            )
+        self._publish(0)
+        return len(entries)
+
+    def dependencies(self, ticket_id: int) -> list[Ticket]:
+        """The tickets ``ticket_id`` depends on, in plan order."""
+        ticket = self.get_ticket(ticket_id)
+        if not ticket.depends_on:
+            return []
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT {TICKET_COLUMNS} FROM tickets WHERE plan_id = :plan ORDER BY id",
+                {"plan": ticket.plan_id},
+            )
+        wanted = set(ticket.depends_on)
+        return [t for t in map(_ticket, rows) if t.key in wanted]
+
     def _end_attempt(
         self,
         tx: Tx,

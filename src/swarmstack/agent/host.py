@@ -1,0 +1,346 @@
+"""Agents in sandboxes: a host runs N agent slots, each a runner in a sandbox of its own.
+
+Each slot loops: make a sandbox, start ``swarm agent`` in it (the agent token on its stdin, so
+it is in no environment and no file), let it work up to ``tickets_per_sandbox`` tickets, destroy
+the sandbox, and start over with a fresh one — nothing one ticket's agent left behind reaches the
+next. Inside, the control plane is ``http://127.0.0.1:<port>`` through the sandbox's forwarder
+and the host's :class:`~swarmstack.sandbox.relay.ControlRelay`; the sandbox has no other way out::
+
+    host = AgentHost(HostConfig(api_url=url, token=agent_token, agents=10, state_dir=d))
+    report = await host.run()  # until every slot's runner found nothing to do for idle_exit_s
+
+The runner's code reaches the sandbox the way each backend allows: under bubblewrap the host's
+own packages are bound read-only (:func:`runner_binds`); in a VM the image's runner runs, with
+this host's version of the package unpacked over it when they differ (:func:`package_tarball`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import site
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import swarmstack
+from swarmstack.errors import UsageError
+from swarmstack.sandbox.base import Backend, Exit, Limits, Output, Sandbox, SandboxSpec
+from swarmstack.sandbox.relay import ControlRelay
+
+log = logging.getLogger(__name__)
+
+RUNNER_LIB = "/opt/swarm/lib"
+VM_PYTHON = "/opt/swarm/venv/bin/python"
+OVERLAY = "/tmp/swarm-runner"
+
+
+@dataclass
+class HostConfig:
+    api_url: str  # the control plane as this host reaches it
+    token: str  # an agent token; it goes to each runner on its stdin
+    state_dir: Path
+    agents: int = 1
+    backend: str = "bwrap"
+    runner_args: list[str] = field(default_factory=list)  # more `swarm agent` options
+    plan_id: int | None = None
+    tickets_per_sandbox: int = 1
+    idle_exit_s: float | None = None  # a slot ends when its runner found nothing this long
+    wait_s: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+    control_port: int = 8420
+    image: str | None = None  # VM backends: the image key (default: the newest built)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SandboxRun:
+    """One sandbox's life in a slot: how long it took to start, what its runner did."""
+
+    slot: int
+    sandbox_id: str
+    create_s: float
+    run_s: float
+    exit_code: int
+    outcomes: list[dict[str, Any]]
+    output_tail: str = ""
+
+
+@dataclass
+class HostReport:
+    runs: list[SandboxRun] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [o for run in self.runs for o in run.outcomes]
+
+
+class AgentHost:
+    def __init__(
+        self,
+        config: HostConfig,
+        *,
+        backend: Backend | None = None,
+        on_line: Callable[[int, str], None] | None = None,
+    ) -> None:
+        if config.agents < 1:
+            raise UsageError("a host needs at least one agent slot")
+        self.config = config
+        self.backend = backend
+        self.on_line = on_line or (lambda slot, line: log.info("slot %d: %s", slot, line))
+        self.relay: ControlRelay | None = None
+        self._runtime: Runtime | None = None
+        self._stopping = asyncio.Event()
+        self._running: dict[int, Sandbox] = {}
+
+    @property
+    def control_dir(self) -> Path:
+        return self.config.state_dir / "control"
+
+    async def __aenter__(self) -> AgentHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config.state_dir.chmod(0o711)
+        self.relay = await ControlRelay(self.control_dir, self.config.api_url).start()
+        if self.backend is None:
+            self.backend = await asyncio.to_thread(self._make_backend)
+        self._runtime = await asyncio.to_thread(Runtime.for_backend, self.backend)
+
+    def _make_backend(self) -> Backend:
+        name = self.config.backend
+        root = self.config.state_dir
+        if name == "bwrap":
+            from swarmstack.sandbox.bwrap import BwrapBackend
+
+            return BwrapBackend(
+                root / "sandboxes", control_dir=self.control_dir, binds=runner_binds()
+            )
+        if name == "qemu":
+            from swarmstack.sandbox.image import find_image
+            from swarmstack.sandbox.qemu import QemuBackend
+
+            image = find_image(name=self.config.image)
+            return QemuBackend(root / "vms", image=image, control_dir=self.control_dir)
+        raise UsageError(f"agents run on the bwrap or qemu backend, not {name!r}")
+
+    async def run(self) -> HostReport:
+        """Run every slot until each one's runner exits with nothing to do (``idle_exit_s``)
+        or :meth:`stop` is called."""
+        if self.relay is None:
+            await self.start()
+        report = HostReport()
+        started = time.monotonic()
+        try:
+            await asyncio.gather(*(self._slot(i, report) for i in range(self.config.agents)))
+        finally:
+            report.wall_s = time.monotonic() - started
+        return report
+
+    async def stop(self) -> None:
+        """Ask every runner to stop (SIGTERM: it releases its lease) and end the slots."""
+        self._stopping.set()
+        await asyncio.gather(
+            *(self._signal(sb) for sb in list(self._running.values())), return_exceptions=True
+        )
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.relay is not None:
+            await self.relay.close()
+
+    async def _signal(self, sandbox: Sandbox) -> None:
+        script = 'p=$(cat "$HOME/.swarm/runner.pid" 2>/dev/null) && kill -TERM "$p"'
+        await sandbox.exec(["/bin/sh", "-c", script], timeout_s=10)
+
+    async def _slot(self, slot: int, report: HostReport) -> None:
+        while not self._stopping.is_set():
+            run = await self.run_one(slot)
+            report.runs.append(run)
+            if run.exit_code != 0 and not run.outcomes:
+                log.warning(
+                    "slot %d: the runner exited with %d: %s", slot, run.exit_code, run.output_tail
+                )
+                await asyncio.sleep(1.0)
+            if not run.outcomes and self.config.idle_exit_s is not None:
+                return  # it waited idle_exit_s and found nothing: the work is done
+
+    def spec(self) -> SandboxSpec:
+        assert self._runtime is not None
+        return SandboxSpec(
+            image=self.config.image,
+            limits=self.config.limits,
+            env={**self.config.env, **self._runtime.env},
+            control_port=self.config.control_port,
+        )
+
+    def runner_argv(self) -> list[str]:
+        assert self._runtime is not None
+        c = self.config
+        argv = [*self._runtime.argv, "--token-stdin", "--json"]
+        argv += ["--max-tickets", str(c.tickets_per_sandbox), "--wait", str(c.wait_s)]
+        if c.idle_exit_s is not None:
+            argv += ["--idle-exit", str(c.idle_exit_s)]
+        if c.plan_id is not None:
+            argv += ["--plan", str(c.plan_id)]
+        return [*argv, *c.runner_args]
+
+    async def run_one(self, slot: int, *, keep: bool = False) -> SandboxRun:
+        """One sandbox, one runner in it, to the runner's end; the sandbox is destroyed after
+        unless ``keep`` (then it is :attr:`last_sandbox`, for a look inside)."""
+        assert self.backend is not None and self._runtime is not None
+        t0 = time.monotonic()
+        sandbox = await self.backend.create(self.spec())
+        create_s = time.monotonic() - t0
+        self._running[slot] = sandbox
+        lines: list[str] = []
+        code = -1
+        try:
+            await self._runtime.install(sandbox)
+            buffer = b""
+            stream = sandbox.exec_stream(
+                self.runner_argv(), stdin=(self.config.token + "\n").encode()
+            )
+            async for item in stream:
+                if isinstance(item, Output):
+                    buffer += item.data
+                    *complete, buffer = buffer.split(b"\n")
+                    for raw in complete:
+                        line = raw.decode(errors="replace")
+                        lines.append(line)
+                        self.on_line(slot, line)
+                elif isinstance(item, Exit):
+                    code = item.exit_code
+            if buffer:
+                lines.append(buffer.decode(errors="replace"))
+        finally:
+            self._running.pop(slot, None)
+            if keep:
+                self.last_sandbox = sandbox
+            else:
+                await sandbox.destroy()
+        outcomes: list[dict[str, Any]] = []
+        for line in reversed(lines):
+            if line.startswith("[") and line.endswith("]"):
+                with contextlib.suppress(ValueError):
+                    outcomes = json.loads(line)
+                    break
+        return SandboxRun(
+            slot,
+            sandbox.id,
+            create_s,
+            time.monotonic() - t0 - create_s,
+            code,
+            outcomes,
+            "\n".join(lines[-10:]),
+        )
+
+    last_sandbox: Sandbox | None = None
+
+
+@dataclass
+class Runtime:
+    """How a backend's sandboxes start the runner."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    overlay: bytes | None = None  # the package, unpacked over the image's before starting
+
+    @classmethod
+    def for_backend(cls, backend: Backend) -> Runtime:
+        if backend.name == "bwrap":
+            python = getattr(backend, "python", "/usr/bin/python3")
+            binds = getattr(backend, "binds", [])
+            paths = [dest for _, dest in binds if dest.startswith(RUNNER_LIB)]
+            if not paths:
+                raise UsageError("this bubblewrap backend binds no runner code (runner_binds())")
+            return cls([python, "-m", "swarmstack.agent"], {"PYTHONPATH": ":".join(paths)})
+        image = getattr(backend, "image", None)
+        built = getattr(image, "manifest", {}) if image is not None else {}
+        overlay = None if built.get("runner_digest") == package_digest() else package_tarball()
+        env = {"PYTHONPATH": OVERLAY} if overlay is not None else {}
+        return cls([VM_PYTHON, "-m", "swarmstack.agent"], env, overlay)
+
+    async def install(self, sandbox: Sandbox) -> None:
+        if self.overlay is None:
+            return
+        await sandbox.write_file(".swarm-runner.tar.gz", self.overlay)
+        done = await sandbox.exec(
+            [
+                "/bin/sh", "-c",
+                f"mkdir -p {OVERLAY} && tar -xzf .swarm-runner.tar.gz -C {OVERLAY} "
+                "&& rm .swarm-runner.tar.gz",
+            ],
+            timeout_s=60,
+        )  # fmt: skip
+        if not done.ok:
+            raise UsageError(f"cannot unpack the runner in the sandbox: {done.stderr.decode()}")
+
+
+def runner_binds() -> list[tuple[Path, str]]:
+    """This interpreter's packages, to bind read-only into a bubblewrap sandbox: the directory
+    that holds ``swarmstack`` first, then each site-packages directory. The sandbox's own
+    ``python3`` runs them, so it must be this Python's version (the compiled extensions are)."""
+    package_parent = Path(swarmstack.__file__).resolve().parent.parent
+    sources = [package_parent]
+    for directory in site.getsitepackages():
+        path = Path(directory).resolve()
+        if path.is_dir() and path not in sources:
+            sources.append(path)
+    return [(source, f"{RUNNER_LIB}/{i}") for i, source in enumerate(sources)]
+
+
+def check_python(python: str) -> None:
+    """Refuse a sandbox Python whose version differs from this one (for :func:`runner_binds`)."""
+    import subprocess
+
+    done = subprocess.run(
+        [python, "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    theirs = done.stdout.split()
+    ours = [str(v) for v in sys.version_info[:2]]
+    if theirs != ours:
+        raise UsageError(
+            f"the sandbox's {python} is Python {'.'.join(theirs) or '?'}, this is "
+            f"{'.'.join(ours)}: the runner's packages are bound from here and must match"
+        )
+
+
+def package_digest() -> str:
+    """A digest of this package's source: which runner an image carries."""
+    root = Path(swarmstack.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def package_tarball() -> bytes:
+    """This package's source as a tar.gz of ``swarmstack/…``."""
+    root = Path(swarmstack.__file__).resolve().parent
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for path in sorted(root.rglob("*")):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            tar.add(path, arcname=str(Path("swarmstack") / path.relative_to(root)))
+    return out.getvalue()
