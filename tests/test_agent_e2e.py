@@ -19,6 +19,7 @@ from agent_world import (
     llm_calls,
     swarm_world,
 )
+from swarmstack.sandbox.base import Limits
 from swarmstack.tickets.models import PlanSpec, TicketSpec, TicketState
 
 pytestmark = pytest.mark.asyncio
@@ -203,7 +204,8 @@ STOP_RUNNER = (
 STALE_CALLS = r"""
 import json, sys, urllib.request, urllib.error
 lease = json.load(open(sys.argv[1]))
-api, token, tid, epoch = "http://127.0.0.1:8420", lease["token"], lease["ticket"]["id"], lease["epoch"]
+api, token = "http://127.0.0.1:8420", lease["token"]
+tid, epoch = lease["ticket"]["id"], lease["epoch"]
 def call(path, body, headers):
     req = urllib.request.Request(api + path, json.dumps(body).encode(), headers)
     req.add_header("content-type", "application/json")
@@ -283,3 +285,111 @@ async def _until(condition: Any, timeout_s: float) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"still not so after {timeout_s}s")
         await asyncio.sleep(0.1)
+
+
+# -- the same in a QEMU microVM ---------------------------------------------------------------
+
+
+async def test_claude_code_implements_a_ticket_in_a_qemu_microvm(tmp_path: Path) -> None:
+    from sandbox_fixtures import make_backend
+
+    _require_tools()
+    with swarm_world(tmp_path, {"sessions": [mul_session(1)]}, mul_plan()) as world:
+        host = world.host(backend="qemu", limits=Limits(memory_mib=1024, cpus=2))
+        host.backend = make_backend("qemu", host.config.state_dir, control_dir=host.control_dir)
+        async with host:
+            run = await host.run_one(0)
+        assert [o["state"] for o in run.outcomes] == ["done"], run.output_tail
+        assert_ticket_implemented(world)
+        everything = json.dumps([e.model_dump() for e in world.events()]) + run.output_tail
+        assert CANARY_KEY not in everything and CANARY_GITHUB not in everything
+
+
+# -- a hostile workspace -----------------------------------------------------------------------
+
+HOSTILE = (
+    "git config core.fsmonitor 'touch {m}/fsmonitor' && "
+    "git config core.hooksPath .hooks && mkdir -p .hooks && "
+    "for h in pre-commit post-commit pre-push pre-receive update post-receive post-update "
+    "reference-transaction; do printf '#!/bin/sh\\ntouch {m}/hook-'$h'\\n' > .hooks/$h; done && "
+    "chmod +x .hooks/* && "
+    "git config filter.evil.clean 'touch {m}/clean; cat' && "
+    "git config filter.evil.smudge 'touch {m}/smudge; cat' && "
+    "git config diff.evil.textconv 'touch {m}/textconv; cat' && "
+    "printf '* filter=evil diff=evil\\n' > .gitattributes && echo armed"
+)
+
+
+async def test_a_workspace_git_config_runs_nothing_on_the_host(tmp_path: Path) -> None:
+    _require_tools()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    ws = "/workspace/ticket-1"
+    arm = {"name": "Bash", "input": {"command": HOSTILE.format(m=markers), "description": "arm"}}
+    note = {"name": "Write", "input": {"file_path": f"{ws}/NOTES.md", "content": "notes\n"}}
+    session = {"match": r"\bT-1\b", "turns": [[{"tool_use": arm}], [{"tool_use": note}], "Done."]}
+    with swarm_world(tmp_path, {"sessions": [session]}, mul_plan()) as world:
+        async with world.host(backend="bwrap") as host:
+            run = await host.run_one(0)
+        assert [o["state"] for o in run.outcomes] == ["done"], run.output_tail
+        ticket = world.ticket("T-1")
+        log = [e.data for e in world.events(ticket.id) if e.kind == "agent.tool_result"]
+        assert "armed" in log[0]["output"]
+        # The hooks and the attributes naming the filter and diff drivers reached the host's
+        # repository, which stored the push, diffed it and counted it...
+        diff = world.admin.pull_diff(ticket.id)
+        assert "+* filter=evil diff=evil" in diff and ".hooks/post-receive" in diff
+        assert world.admin.get_pull(ticket.id).files_changed == 10
+        # ...and ran none of them.
+        assert sorted(p.name for p in markers.iterdir()) == []
+
+
+# -- budgets and stopping ----------------------------------------------------------------------
+
+
+async def test_a_session_past_its_budget_is_stopped_and_the_ticket_says_why(
+    tmp_path: Path,
+) -> None:
+    _require_tools()
+    costly = {"input_tokens": 2000, "output_tokens": 2000}  # $0.036 a turn at Sonnet's price
+    look = {"name": "Bash", "input": {"command": "ls", "description": "look"}}
+    turns = [{"content": [{"tool_use": look}], "usage": costly} for _ in range(6)]
+    session = {"name": "T-1", "match": r"\bT-1\b", "turns": [*turns, "Done."]}
+    with swarm_world(
+        tmp_path, {"sessions": [session]}, mul_plan(), ticket_budget_usd=0.05
+    ) as world:
+        model = ["--model", "claude-sonnet-4-6"]
+        async with world.host(backend="bwrap", runner_args=model) as host:
+            run = await host.run_one(0)
+        ticket = world.ticket("T-1")
+        assert ticket.state is TicketState.DEAD
+        assert ticket.last_error is not None and "over budget" in ticket.last_error
+        assert run.outcomes and run.outcomes[0]["state"] in ("failed", "lost")
+        # Two calls fit in $0.05; the third was refused before it reached the model.
+        usage = world.admin.usage(ticket_id=ticket.id)
+        calls = llm_calls(world)
+        assert [r["session"] for r in calls] == ["T-1", "T-1"]
+        assert {r["body"]["model"] for r in calls} == {"claude-sonnet-4-6"}
+        assert usage.calls == 2 and usage.cost_usd == pytest.approx(0.072)
+
+
+async def test_sigterm_releases_the_lease_and_the_ticket_is_ready_at_once(
+    tmp_path: Path,
+) -> None:
+    _require_tools()
+    session = mul_session(1)
+    session["turns"][1] = {"content": session["turns"][1], "delay_s": 30.0}
+    with swarm_world(tmp_path, {"sessions": [session]}, mul_plan()) as world:
+        async with world.host(backend="bwrap") as host:
+            working = asyncio.create_task(host.run_one(0))
+            await _until(lambda: _has_tool_call(world, "Read"), 60)
+            started = asyncio.get_running_loop().time()
+            await host.stop()
+            run = await asyncio.wait_for(working, 30)
+            took = asyncio.get_running_loop().time() - started
+        assert [o["state"] for o in run.outcomes] == ["released"], run.output_tail
+        assert took < 15
+        ticket = world.ticket("T-1")
+        assert (ticket.state, ticket.attempts) == (TicketState.READY, 0)
+        kinds = [e.kind for e in world.events(ticket.id)]
+        assert kinds[-2:] == ["ticket.released", "ticket.ready"]

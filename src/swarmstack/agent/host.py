@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import io
 import json
 import logging
 import site
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import swarmstack
+from swarmstack.agent.package import package_digest, package_tarball
 from swarmstack.errors import UsageError
 from swarmstack.sandbox.base import Backend, Exit, Limits, Output, Sandbox, SandboxSpec
 from swarmstack.sandbox.relay import ControlRelay
@@ -41,6 +39,10 @@ log = logging.getLogger(__name__)
 RUNNER_LIB = "/opt/swarm/lib"
 VM_PYTHON = "/opt/swarm/venv/bin/python"
 OVERLAY = "/tmp/swarm-runner"
+# A started runner waits for this file (in its workspace) to hold its agent token, reads it and
+# deletes it: a sandbox can be made and its runner loaded before a ticket is there for it.
+TOKEN_FILE_NAME = ".swarm-agent-token"
+TOKEN_FILE = f"/workspace/{TOKEN_FILE_NAME}"
 
 
 @dataclass
@@ -170,16 +172,31 @@ class AgentHost:
         await sandbox.exec(["/bin/sh", "-c", script], timeout_s=10)
 
     async def _slot(self, slot: int, report: HostReport) -> None:
-        while not self._stopping.is_set():
-            run = await self.run_one(slot)
-            report.runs.append(run)
-            if run.exit_code != 0 and not run.outcomes:
-                log.warning(
-                    "slot %d: the runner exited with %d: %s", slot, run.exit_code, run.output_tail
-                )
-                await asyncio.sleep(1.0)
-            if not run.outcomes and self.config.idle_exit_s is not None:
-                return  # it waited idle_exit_s and found nothing: the work is done
+        """Work tickets, a fresh sandbox for each: while one runner works, the next sandbox
+        is started and its runner loaded, waiting for the token that lets it claim."""
+        upcoming = asyncio.create_task(self._launch(slot))
+        try:
+            while not self._stopping.is_set():
+                launched = await upcoming
+                await launched.go(self.config.token)
+                upcoming = asyncio.create_task(self._launch(slot))
+                run = await launched.finish()
+                report.runs.append(run)
+                if run.exit_code != 0 and not run.outcomes:
+                    log.warning(
+                        "slot %d: the runner exited with %d: %s",
+                        slot,
+                        run.exit_code,
+                        run.output_tail,
+                    )
+                    await asyncio.sleep(1.0)
+                if not run.outcomes and self.config.idle_exit_s is not None:
+                    return  # it waited idle_exit_s and found nothing: the work is done
+        finally:
+            upcoming.cancel()
+            with contextlib.suppress(BaseException):
+                launched = await upcoming
+                await launched.discard()
 
     def spec(self) -> SandboxSpec:
         assert self._runtime is not None
@@ -193,7 +210,7 @@ class AgentHost:
     def runner_argv(self) -> list[str]:
         assert self._runtime is not None
         c = self.config
-        argv = [*self._runtime.argv, "--token-stdin", "--json"]
+        argv = [*self._runtime.argv, "--token-file", TOKEN_FILE, "--json"]
         argv += ["--max-tickets", str(c.tickets_per_sandbox), "--wait", str(c.wait_s)]
         if c.idle_exit_s is not None:
             argv += ["--idle-exit", str(c.idle_exit_s)]
@@ -201,57 +218,103 @@ class AgentHost:
             argv += ["--plan", str(c.plan_id)]
         return [*argv, *c.runner_args]
 
-    async def run_one(self, slot: int, *, keep: bool = False) -> SandboxRun:
-        """One sandbox, one runner in it, to the runner's end; the sandbox is destroyed after
-        unless ``keep`` (then it is :attr:`last_sandbox`, for a look inside)."""
+    async def _launch(self, slot: int) -> _Launched:
+        """A sandbox with a runner started in it, waiting for its token."""
         assert self.backend is not None and self._runtime is not None
         t0 = time.monotonic()
         sandbox = await self.backend.create(self.spec())
-        create_s = time.monotonic() - t0
-        self._running[slot] = sandbox
-        lines: list[str] = []
-        code = -1
+        launched = _Launched(self, slot, sandbox, t0, time.monotonic() - t0)
         try:
             await self._runtime.install(sandbox)
-            buffer = b""
-            stream = sandbox.exec_stream(
-                self.runner_argv(), stdin=(self.config.token + "\n").encode()
-            )
-            async for item in stream:
-                if isinstance(item, Output):
-                    buffer += item.data
-                    *complete, buffer = buffer.split(b"\n")
-                    for raw in complete:
-                        line = raw.decode(errors="replace")
-                        lines.append(line)
-                        self.on_line(slot, line)
-                elif isinstance(item, Exit):
-                    code = item.exit_code
-            if buffer:
-                lines.append(buffer.decode(errors="replace"))
+            launched.start(self.runner_argv())
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return launched
+
+    async def run_one(self, slot: int, *, keep: bool = False) -> SandboxRun:
+        """One sandbox, one runner in it, to the runner's end; the sandbox is destroyed after
+        unless ``keep`` (then it is :attr:`last_sandbox`, for a look inside)."""
+        launched = await self._launch(slot)
+        await launched.go(self.config.token)
+        return await launched.finish(keep=keep)
+
+    last_sandbox: Sandbox | None = None
+
+
+class _Launched:
+    """A runner started in its sandbox: its output read as it comes, its end awaited."""
+
+    def __init__(
+        self, host: AgentHost, slot: int, sandbox: Sandbox, t0: float, create_s: float
+    ) -> None:
+        self.host = host
+        self.slot = slot
+        self.sandbox = sandbox
+        self.t0 = t0
+        self.create_s = create_s
+        self.lines: list[str] = []
+        self.exit_code = -1
+        self.started = t0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, argv: list[str]) -> None:
+        self._task = asyncio.create_task(self._read(argv))
+
+    async def _read(self, argv: list[str]) -> None:
+        buffer = b""
+        async for item in self.sandbox.exec_stream(argv):
+            if isinstance(item, Output):
+                buffer += item.data
+                *complete, buffer = buffer.split(b"\n")
+                for raw in complete:
+                    line = raw.decode(errors="replace")
+                    self.lines.append(line)
+                    self.host.on_line(self.slot, line)
+            elif isinstance(item, Exit):
+                self.exit_code = item.exit_code
+        if buffer:
+            self.lines.append(buffer.decode(errors="replace"))
+
+    async def go(self, token: str) -> None:
+        """Hand the runner its token: it claims at once (it read it, then deleted the file)."""
+        self.host._running[self.slot] = self.sandbox
+        self.started = time.monotonic()
+        await self.sandbox.write_file(TOKEN_FILE_NAME, (token + "\n").encode(), mode=0o600)
+
+    async def finish(self, *, keep: bool = False) -> SandboxRun:
+        assert self._task is not None
+        try:
+            await self._task
         finally:
-            self._running.pop(slot, None)
+            self.host._running.pop(self.slot, None)
             if keep:
-                self.last_sandbox = sandbox
+                self.host.last_sandbox = self.sandbox
             else:
-                await sandbox.destroy()
+                await self.sandbox.destroy()
         outcomes: list[dict[str, Any]] = []
-        for line in reversed(lines):
+        for line in reversed(self.lines):
             if line.startswith("[") and line.endswith("]"):
                 with contextlib.suppress(ValueError):
                     outcomes = json.loads(line)
                     break
         return SandboxRun(
-            slot,
-            sandbox.id,
-            create_s,
-            time.monotonic() - t0 - create_s,
-            code,
+            self.slot,
+            self.sandbox.id,
+            self.create_s,
+            time.monotonic() - self.started,
+            self.exit_code,
             outcomes,
-            "\n".join(lines[-10:]),
+            "\n".join(self.lines[-10:]),
         )
 
-    last_sandbox: Sandbox | None = None
+    async def discard(self) -> None:
+        """A runner that never got its token: it is ended with its sandbox."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.sandbox.destroy()
 
 
 @dataclass
@@ -323,24 +386,3 @@ def check_python(python: str) -> None:
             f"the sandbox's {python} is Python {'.'.join(theirs) or '?'}, this is "
             f"{'.'.join(ours)}: the runner's packages are bound from here and must match"
         )
-
-
-def package_digest() -> str:
-    """A digest of this package's source: which runner an image carries."""
-    root = Path(swarmstack.__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def package_tarball() -> bytes:
-    """This package's source as a tar.gz of ``swarmstack/…``."""
-    root = Path(swarmstack.__file__).resolve().parent
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for path in sorted(root.rglob("*")):
-            if "__pycache__" in path.parts or not path.is_file():
-                continue
-            tar.add(path, arcname=str(Path("swarmstack") / path.relative_to(root)))
-    return out.getvalue()

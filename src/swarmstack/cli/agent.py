@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -27,6 +29,12 @@ def agent(
     ),
     token_stdin: bool = typer.Option(
         False, "--token-stdin", help="Read the agent token from the first line of stdin."
+    ),
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        help="Wait for this file to hold the agent token, read it and "
+        "delete it (a host starts runners ahead of the work this way).",
     ),
     name: str | None = typer.Option(
         None, "--name", help="Who claims, for the record (default: the sandbox id or host)."
@@ -71,8 +79,10 @@ def agent(
         token = sys.stdin.readline().strip()
     if not api_url:
         fail("no control plane: pass --api or set SWARM_API_URL")
-    if not token:
-        fail("no agent token: pass --token or set SWARM_AGENT_TOKEN")
+    if not token and token_file is None:
+        fail(
+            "no agent token: pass --token, --token-stdin or --token-file, or set SWARM_AGENT_TOKEN"
+        )
     options: dict[str, object] = {}
     if driver == "command":
         if not command:
@@ -83,6 +93,11 @@ def agent(
     if driver == "claude-code" and claude:
         options["claude"] = claude
     chosen = make_driver(driver, **options)
+    if token_file is not None:
+        token = _wait_for_token(token_file)
+        if token is None:
+            return  # told to stop before there was work for it
+    assert token is not None
     runner = Runner(
         RunnerConfig(
             api_url=api_url,
@@ -108,6 +123,29 @@ def agent(
     outcomes = runner.run()
     if as_json:
         print(json.dumps([o.__dict__ for o in outcomes]), flush=True)
+
+
+def _wait_for_token(path: Path) -> str | None:
+    """The token, once ``path`` holds it (then the file is gone); None on SIGTERM first."""
+    stopped: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        while not stopped:
+            try:
+                raw = path.read_text()
+            except FileNotFoundError:
+                raw = ""
+            if raw.endswith("\n"):  # the whole line is there
+                path.unlink()
+                return raw.strip()
+            time.sleep(0.01)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

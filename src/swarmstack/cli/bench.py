@@ -89,3 +89,24 @@ def sandbox(
         print_json(result)
     else:
         console.print(result)
+
+
+@app.command("e2e")
+@guarded
+def e2e(
+    agents: int = typer.Option(10, "--agents", min=1, max=200, help="Agent slots (sandboxes)."),
+    tickets: int = typer.Option(30, "--tickets", min=1, max=2000, help="Tickets to do."),
+    think_s: float = typer.Option(
+        1.0, "--think", min=0, max=60, help="Seconds the scripted model takes per turn."
+    ),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """Scripted tickets through bubblewrap sandboxes, the runner and the real Claude Code CLI:
+    wall time, model time and the overhead per ticket."""
+    from swarmstack.bench import e2e as bench_e2e
+
+    result = bench_e2e.run(agents, tickets, think_s)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)

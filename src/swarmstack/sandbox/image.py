@@ -272,6 +272,8 @@ def build(
         pack_initramfs(work / "initramfs", work / "initrd.img", {"init": GENERIC_INIT.encode()})
         shutil.rmtree(root)
         shutil.rmtree(work / "kernel")
+        from swarmstack.agent.package import package_digest
+
         manifest = {
             "key": key,
             "config": {
@@ -286,6 +288,8 @@ def build(
             "builtin_boot_modules": builtin,
             "python_version": python_version,
             "swarm_version": __version__,
+            # Which runner the image carries: a host with other code unpacks its own over it.
+            "runner_digest": package_digest() if config.runner else None,
             "rootfs_bytes": rootfs_bytes,
             "built_at": time.time(),
             "build_s": round(time.monotonic() - started, 1),
