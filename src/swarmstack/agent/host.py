@@ -168,8 +168,12 @@ class AgentHost:
             await self.relay.close()
 
     async def _signal(self, sandbox: Sandbox) -> None:
-        script = 'p=$(cat "$HOME/.swarm/runner.pid" 2>/dev/null) && kill -TERM "$p"'
-        await sandbox.exec(["/bin/sh", "-c", script], timeout_s=10)
+        # A runner writes its pid first thing; one still starting is waited for a while.
+        script = (
+            'f="$HOME/.swarm/runner.pid"; i=0; while [ $i -lt 100 ]; do '
+            '[ -s "$f" ] && kill -TERM "$(cat "$f")" && exit 0; sleep 0.1; i=$((i+1)); done; exit 1'
+        )
+        await sandbox.exec(["/bin/sh", "-c", script], timeout_s=15)
 
     async def _slot(self, slot: int, report: HostReport) -> None:
         """Work tickets, a fresh sandbox for each: while one runner works, the next sandbox

@@ -68,6 +68,7 @@ class Outcome:
     detail: str = ""
     model_s: float = 0.0
     seconds: float = 0.0
+    agent_s: float = 0.0  # the driver's own run: the agent at work, the model included
 
 
 class Runner:
@@ -196,7 +197,9 @@ class Runner:
                 timeout_s=self.config.ticket_timeout_s,
                 env=self.config.env,
             )
+            driven = time.monotonic()
             result = self.driver.run(task, session.log, session.stop)
+            session.agent_s = time.monotonic() - driven
             return self._finish(session, workspace, result, started)
         except (GitError, SwarmError) as exc:
             if isinstance(exc, StaleLease) or session.lost.is_set():
@@ -252,6 +255,7 @@ class _Session:
         self.stop = threading.Event()  # tells the driver to stop
         self.lost = threading.Event()
         self.lost_reason = ""
+        self.agent_s = 0.0
         self._entries: queue.Queue[dict[str, Any]] = queue.Queue()
         self._done = threading.Event()
         ttl = lease.ttl_s
@@ -338,7 +342,7 @@ class _Session:
 
     def _outcome(self, state: str, detail: str, started: float, model_s: float) -> Outcome:
         seconds = time.monotonic() - started
-        return Outcome(self.lease.ticket.id, state, detail, model_s, seconds)
+        return Outcome(self.lease.ticket.id, state, detail, model_s, seconds, self.agent_s)
 
     def end_done(self, result: TicketResult, started: float, model_s: float) -> Outcome:
         self._drain()

@@ -13,7 +13,10 @@ What it prints:
   (``duration_api_ms`` of its result, summed over the tickets);
 * ``overhead_per_ticket_s`` = ``(wall_s * agents - model_s) / tickets_done``: the agent-slot
   seconds each ticket took beyond waiting for the model — the sandbox, the runner, Claude Code
-  itself, the clone and the push, the API calls, and any slot left idle at the end.
+  itself, the clone and the push, the API calls, and any slot left idle at the end;
+* ``agent_s``: the time Claude Code ran, model waits included, summed over the tickets, and
+  ``swarm_overhead_per_ticket_s`` = ``(wall_s * agents - agent_s) / tickets_done``: what Swarm
+  adds around the agent (sandbox, runner, clone, push, API), whichever agent it drives.
 """
 
 from __future__ import annotations
@@ -78,17 +81,23 @@ def sample_repo(path: Path) -> Path:
 
 
 def run(
-    agents: int, tickets: int, think_s: float = 1.0, timeout_s: float = 1800.0
+    agents: int,
+    tickets: int,
+    think_s: float = 1.0,
+    per_sandbox: int = 1,
+    timeout_s: float = 1800.0,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="swarm-bench-e2e-", dir="/var/tmp"))
     root.chmod(0o711)
     try:
-        return _run(root, agents, tickets, think_s, timeout_s)
+        return _run(root, agents, tickets, think_s, per_sandbox, timeout_s)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(root: Path, agents: int, tickets: int, think_s: float, timeout_s: float) -> dict[str, Any]:
+def _run(
+    root: Path, agents: int, tickets: int, think_s: float, per_sandbox: int, timeout_s: float
+) -> dict[str, Any]:
     keys = [f"T-{i}" for i in range(1, tickets + 1)]
     # A fresh database numbers the tickets from 1 in plan order.
     script = {"model": MODEL, "sessions": [session(i, k, think_s) for i, k in enumerate(keys, 1)]}
@@ -109,13 +118,20 @@ def _run(root: Path, agents: int, tickets: int, think_s: float, timeout_s: float
             "SWARM_TICKET_BUDGET_USD": "5",
         }
         with ServerProcess(root / "data", env=env) as server:
-            return asyncio.run(_drive(server, root, agents, keys))
+            return asyncio.run(_drive(server, root, agents, keys, per_sandbox, timeout_s))
     finally:
         model.terminate()
         model.wait(timeout=10)
 
 
-async def _drive(server: ServerProcess, root: Path, agents: int, keys: list[str]) -> dict[str, Any]:
+async def _drive(
+    server: ServerProcess,
+    root: Path,
+    agents: int,
+    keys: list[str],
+    per_sandbox: int,
+    timeout_s: float,
+) -> dict[str, Any]:
     with SwarmClient(server.url, server.admin_token, timeout=60) as admin:
         plan = admin.create_plan(
             PlanSpec(title="bench", tickets=[TicketSpec(id=k, title=f"add {k}") for k in keys])
@@ -129,13 +145,17 @@ async def _drive(server: ServerProcess, root: Path, agents: int, keys: list[str]
             agents=agents,
             plan_id=plan.id,
             wait_s=5.0,
+            tickets_per_sandbox=per_sandbox,
             runner_args=["--model", MODEL],
         )
         async with AgentHost(config) as host:
             started = time.monotonic()
             slots = asyncio.create_task(host.run())
             done = 0
+            deadline = started + timeout_s
             while done < len(keys):
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"{done} of {len(keys)} tickets done after {timeout_s:g}s")
                 if slots.done():
                     slots.result()  # a slot that crashed says why
                     raise Unavailable("the agent slots ended before the tickets were done")
@@ -147,11 +167,19 @@ async def _drive(server: ServerProcess, root: Path, agents: int, keys: list[str]
                     break
             wall_s = time.monotonic() - started
             await host.stop()
-            report = await slots
+            report = await asyncio.wait_for(slots, 120)
         pulls = admin.list_pulls(plan.id)
+        import os
+
+        if os.environ.get("SWARM_BENCH_DUMP"):
+            evs = admin.events(0, limit=10000, plan_id=plan.id).events
+            Path(os.environ["SWARM_BENCH_DUMP"]).write_text(
+                json.dumps([e.model_dump() for e in evs])
+            )
         usage = admin.usage(plan_id=plan.id)
     outcomes = [o for o in report.outcomes if o["state"] == "done"]
     model_s = sum(float(o["model_s"]) for o in outcomes)
+    agent_s = sum(float(o["agent_s"]) for o in outcomes)
     creates = [r.create_s for r in report.runs]
     return {
         "agents": agents,
@@ -160,13 +188,17 @@ async def _drive(server: ServerProcess, root: Path, agents: int, keys: list[str]
         "pull_requests": len(pulls),
         "wall_s": round(wall_s, 2),
         "model_s": round(model_s, 2),
+        "agent_s": round(agent_s, 2),
         "overhead_per_ticket_s": round((wall_s * agents - model_s) / max(done, 1), 3),
+        "swarm_overhead_per_ticket_s": round((wall_s * agents - agent_s) / max(done, 1), 3),
         "ticket_s_p50": round(statistics.median(float(o["seconds"]) for o in outcomes), 2)
         if outcomes
         else None,
         "sandbox_create_s_p50": round(statistics.median(creates), 3) if creates else None,
         "model_calls": usage.calls,
         "think_s": float(json.loads((root / "script.json").read_text())["sessions"][0]["delay_s"]),
+        "tickets_per_sandbox": per_sandbox,
+        "cpus": os.cpu_count(),
         "backend": "bwrap",
         "driver": "claude-code",
     }

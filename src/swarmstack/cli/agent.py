@@ -75,6 +75,10 @@ def agent(
     from swarmstack.agent.runner import Runner, RunnerConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    pid_file = Path.home() / ".swarm" / "runner.pid"  # how a host asks it to stop
+    with contextlib.suppress(OSError):
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
     if token_stdin:
         token = sys.stdin.readline().strip()
     if not api_url:
@@ -116,10 +120,6 @@ def agent(
         chosen,
     )
     runner.install_signals()
-    pid_file = Path.home() / ".swarm" / "runner.pid"  # how a host asks it to stop
-    with contextlib.suppress(OSError):
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{os.getpid()}\n")
     outcomes = runner.run()
     if as_json:
         print(json.dumps([o.__dict__ for o in outcomes]), flush=True)
@@ -135,14 +135,12 @@ def _wait_for_token(path: Path) -> str | None:
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         while not stopped:
-            try:
-                raw = path.read_text()
-            except FileNotFoundError:
-                raw = ""
+            # A stat every 20 ms: cheap enough for a runner that waits a long time.
+            raw = path.read_text() if path.exists() else ""
             if raw.endswith("\n"):  # the whole line is there
                 path.unlink()
                 return raw.strip()
-            time.sleep(0.01)
+            time.sleep(0.02)
         return None
     finally:
         signal.signal(signal.SIGTERM, previous)

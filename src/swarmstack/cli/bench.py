@@ -99,13 +99,21 @@ def e2e(
     think_s: float = typer.Option(
         1.0, "--think", min=0, max=60, help="Seconds the scripted model takes per turn."
     ),
+    per_sandbox: int = typer.Option(
+        1,
+        "--tickets-per-sandbox",
+        min=1,
+        max=1000,
+        help="Tickets a sandbox's runner works "
+        "before a fresh sandbox replaces it (1: a fresh sandbox for every ticket).",
+    ),
     json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
 ) -> None:
     """Scripted tickets through bubblewrap sandboxes, the runner and the real Claude Code CLI:
     wall time, model time and the overhead per ticket."""
     from swarmstack.bench import e2e as bench_e2e
 
-    result = bench_e2e.run(agents, tickets, think_s)
+    result = bench_e2e.run(agents, tickets, think_s, per_sandbox)
     if json_out:
         print_json(result)
     else:

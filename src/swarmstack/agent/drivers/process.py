@@ -84,7 +84,8 @@ class ProcessRun:
             if deadline is not None and time.monotonic() >= deadline:
                 error = f"timed out after {timeout_s:g}s"
                 break
-            stop.wait(0.05)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.1)
         if error is not None:
             kill_group(process)
         code = process.wait()
