@@ -370,9 +370,10 @@ def test_command_exiting_non_zero_fails_with_its_last_stderr_line(tmp_path: Path
     )
     assert not result.ok and result.retryable
     assert result.error == "the agent command exited with 3: it broke"
-    assert log.of("output") == [
-        {"stream": "stdout", "text": "working"},
+    # Two streams read side by side: each in order, the two in either.
+    assert sorted(log.of("output"), key=lambda e: e["stream"]) == [
         {"stream": "stderr", "text": "it broke"},
+        {"stream": "stdout", "text": "working"},
     ]
 
 

@@ -103,6 +103,7 @@ class AgentHost:
         self._runtime: Runtime | None = None
         self._stopping = asyncio.Event()
         self._running: dict[int, Sandbox] = {}
+        self._warm: dict[int, asyncio.Task[_Launched]] = {}
 
     @property
     def control_dir(self) -> Path:
@@ -140,6 +141,16 @@ class AgentHost:
             return QemuBackend(root / "vms", image=image, control_dir=self.control_dir)
         raise UsageError(f"agents run on the bwrap or qemu backend, not {name!r}")
 
+    async def warm(self) -> None:
+        """Start every slot's first sandbox and runner now, so that they claim the moment
+        :meth:`run` hands them their tokens (a host waiting for work stays warm)."""
+        if self.relay is None:
+            await self.start()
+        for slot in range(self.config.agents):
+            if slot not in self._warm:
+                self._warm[slot] = asyncio.create_task(self._launch(slot))
+        await asyncio.gather(*self._warm.values())
+
     async def run(self) -> HostReport:
         """Run every slot until each one's runner exits with nothing to do (``idle_exit_s``)
         or :meth:`stop` is called."""
@@ -162,6 +173,11 @@ class AgentHost:
 
     async def close(self) -> None:
         await self.stop()
+        for task in self._warm.values():  # warmed, never run
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await (await task).discard()
+        self._warm.clear()
         if self.backend is not None:
             await self.backend.close()
         if self.relay is not None:
@@ -178,7 +194,8 @@ class AgentHost:
     async def _slot(self, slot: int, report: HostReport) -> None:
         """Work tickets, a fresh sandbox for each: while one runner works, the next sandbox
         is started and its runner loaded, waiting for the token that lets it claim."""
-        upcoming = asyncio.create_task(self._launch(slot))
+        warm = self._warm.pop(slot, None)
+        upcoming = warm if warm is not None else asyncio.create_task(self._launch(slot))
         try:
             while not self._stopping.is_set():
                 launched = await upcoming

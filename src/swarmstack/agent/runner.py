@@ -82,7 +82,14 @@ class Runner:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> list[Outcome]:
-        """Work tickets until told to stop, out of tickets (``max_tickets``) or idle too long."""
+        """Work tickets until told to stop, out of tickets (``max_tickets``) or idle too long;
+        the runner's connection to the control plane is closed after."""
+        try:
+            return self._run()
+        finally:
+            self.api.close()
+
+    def _run(self) -> list[Outcome]:
         self.recover()
         idle_since = time.monotonic()
         while not self.stopping.is_set():
@@ -258,6 +265,7 @@ class _Session:
         self.agent_s = 0.0
         self._entries: queue.Queue[dict[str, Any]] = queue.Queue()
         self._done = threading.Event()
+        self._flushing = threading.Lock()
         ttl = lease.ttl_s
         self.interval = runner.config.heartbeat_s or max(0.5, ttl / 3)
         self._threads = [
@@ -305,6 +313,10 @@ class _Session:
         self.flush()
 
     def flush(self) -> None:
+        with self._flushing:  # one batch at a time, so the log keeps its order
+            self._flush()
+
+    def _flush(self) -> None:
         batch: list[dict[str, Any]] = []
         while len(batch) < LOG_BATCH:
             try:

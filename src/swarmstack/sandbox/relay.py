@@ -35,6 +35,7 @@ class ControlRelay:
         self.host = parts.hostname
         self.port = parts.port or 80
         self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
     @property
     def socket_path(self) -> Path:
@@ -50,11 +51,20 @@ class ControlRelay:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await splice(reader, writer, lambda: asyncio.open_connection(self.host, self.port))
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)  # ended by close(), not left pending
+        try:
+            await splice(reader, writer, lambda: asyncio.open_connection(self.host, self.port))
+        finally:
+            self._connections.discard(task)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):

@@ -13,19 +13,16 @@ task names none); a literal brace is doubled (``{{``). The agent finds the model
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
-import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
+from swarmstack.agent.drivers.process import ProcessRun
 from swarmstack.agent.task import Driver, DriverResult, LogSink, Task, clip
 from swarmstack.errors import UsageError
 
@@ -104,56 +101,22 @@ def _run(
     log: LogSink,
     stop: threading.Event,
 ) -> DriverResult:
-    try:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        error = f"cannot start the agent command {argv[0]!r}: {exc.strerror or exc}"
-        log("error", {"text": error})
-        return DriverResult(ok=False, error=error, retryable=False)
-    assert process.stdout is not None and process.stderr is not None
     lock = threading.Lock()  # one log entry at a time, whatever the sink
     stdout = _Lines("stdout", log, lock)
     stderr = _Lines("stderr", log, lock)
-    readers = [
-        threading.Thread(target=stdout.read, args=(process.stdout,), daemon=True),
-        threading.Thread(target=stderr.read, args=(process.stderr,), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    deadline = time.monotonic() + timeout_s
-    ended: str | None = None
-    while True:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=0.05)
-            break
-        if stop.is_set():
-            ended = "stopped"
-        elif time.monotonic() > deadline:
-            ended = f"timed out after {timeout_s:g}s"
-        if ended:
-            break
-    # Kill the group also after a plain exit: what the agent left running in the background
-    # would hold the pipes open.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    code = process.wait()
-    for reader in readers:
-        reader.join(timeout=5)
-    if ended:
+    run = ProcessRun(argv, cwd=cwd, env=env, on_stdout=stdout.add, on_stderr=stderr.add)
+    outcome = run.wait(stop, timeout_s)
+    if outcome.error is not None:
+        if outcome.retryable:  # stopped, or out of time
+            error, said = outcome.error, f"the agent command {outcome.error}"
+        else:  # it never started
+            error = said = outcome.error.replace("cannot start", "cannot start the agent command")
         with lock:
-            log("error", {"text": f"the agent command {ended}"})
-        return DriverResult(ok=False, error=ended, retryable=True)
-    if code != 0:
+            log("error", {"text": said})
+        return DriverResult(ok=False, error=error, retryable=outcome.retryable)
+    if outcome.exit_code != 0:
         last = stderr.last() or stdout.last()
-        error = f"the agent command exited with {code}" + (f": {last}" if last else "")
+        error = f"the agent command exited with {outcome.exit_code}" + (f": {last}" if last else "")
         return DriverResult(ok=False, error=error, retryable=True)
     return DriverResult(summary=stdout.summary() or "the command finished")
 
@@ -169,15 +132,12 @@ class _Lines:
         self.lock = lock
         self.tail: deque[str] = deque(maxlen=200)
 
-    def read(self, pipe: IO[bytes]) -> None:
-        with pipe:
-            # A bounded readline: a program that never prints a newline still gets logged.
-            for raw in iter(lambda: pipe.readline(65536), b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                if line.strip():
-                    self.tail.append(line)
-                with self.lock:
-                    self.log("output", {"stream": self.stream, "text": clip(line)})
+    def add(self, line: str) -> None:
+        line = line.rstrip("\r")
+        if line.strip():
+            self.tail.append(line)
+        with self.lock:
+            self.log("output", {"stream": self.stream, "text": clip(line)})
 
     def last(self) -> str:
         """The last non-empty line, clipped for an error message."""

@@ -67,7 +67,8 @@ class ProcessRun:
                 start_new_session=True,
             )
         except OSError as exc:
-            return Outcome(None, f"cannot start {self.argv[0]}: {exc}", retryable=False)
+            why = exc.strerror or str(exc)
+            return Outcome(None, f"cannot start {self.argv[0]!r}: {why}", retryable=False)
         assert process.stdout is not None and process.stderr is not None
         readers = [
             threading.Thread(target=self._read, args=(process.stdout, self.on_stdout), daemon=True),
@@ -109,7 +110,8 @@ class ProcessRun:
     @staticmethod
     def _read(stream: IO[bytes], callback: Callable[[str], None]) -> None:
         with stream:
-            for raw in stream:
+            # A bounded readline: a program that never prints a newline still gets logged.
+            for raw in iter(lambda: stream.readline(65536), b""):
                 callback(raw.decode("utf-8", errors="replace").rstrip("\n"))
 
 
