@@ -393,3 +393,48 @@ async def test_sigterm_releases_the_lease_and_the_ticket_is_ready_at_once(
         assert (ticket.state, ticket.attempts) == (TicketState.READY, 0)
         kinds = [e.kind for e in world.events(ticket.id)]
         assert kinds[-2:] == ["ticket.released", "ticket.ready"]
+
+
+# -- swarm host -----------------------------------------------------------------------------
+
+
+async def test_swarm_host_works_tickets_in_sandboxes_until_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sandbox_fixtures import state_dir
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (scripts/setup installs it)")
+    plan = PlanSpec(
+        title="two",
+        tickets=[TicketSpec(id="T-1", title="one"), TicketSpec(id="T-2", title="two")],
+    )
+    with swarm_world(tmp_path, {"sessions": []}, plan) as world:
+        root = state_dir()
+        command = "sh -c 'echo {ticket_key} > done-{ticket_key}.txt'"
+        argv = [
+            sys.executable, "-m", "swarmstack", "host", "--api", world.url, "--agents", "2",
+            "--state-dir", str(root / "host"), "--runner-arg=--driver",
+            "--runner-arg=command", "--runner-arg=--command", f"--runner-arg={command}",
+        ]  # fmt: skip
+        env = {**os.environ, "SWARM_AGENT_TOKEN": world.agent_token}
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            await _until(
+                lambda: all(world.ticket(k).state is TicketState.DONE for k in ("T-1", "T-2")),
+                90,
+            )
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            shutil.rmtree(root, ignore_errors=True)
+        assert proc.returncode == 0, out.decode()[-2000:]
+        for key in ("T-1", "T-2"):
+            ticket = world.ticket(key)
+            assert "+" + key in world.admin.pull_diff(ticket.id)
+        assert b"ticket 1 done" in out and b"ticket 2 done" in out

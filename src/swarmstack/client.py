@@ -102,6 +102,10 @@ def _vm(sandbox_id: str, rest: str = "") -> str:
     return f"/v1/vms/{quote(sandbox_id, safe='')}{rest}"
 
 
+# An idle connection is given up before the server's keep-alive timeout (uvicorn's: 5 s) can
+# close it under a request just sent on it, which would fail with "connection reset by peer".
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
 # Starting, saving or restoring a VM may take a while (a QEMU guest boots): more than a request.
 VM_TIMEOUT_S = 300.0
 GIT_TIMEOUT_S = 150.0
@@ -480,7 +484,9 @@ class SwarmClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, limits=POOL_LIMITS
+        )
 
     def __enter__(self) -> SwarmClient:
         return self
@@ -722,7 +728,9 @@ class AsyncSwarmClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = http or httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, limits=POOL_LIMITS
+        )
         self._owns_http = http is None
 
     async def __aenter__(self) -> AsyncSwarmClient:

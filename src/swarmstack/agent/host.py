@@ -354,6 +354,7 @@ class Runtime:
             paths = [dest for _, dest in binds if dest.startswith(RUNNER_LIB)]
             if not paths:
                 raise UsageError("this bubblewrap backend binds no runner code (runner_binds())")
+            check_python(python)
             return cls([python, "-m", "swarmstack.agent"], {"PYTHONPATH": ":".join(paths)})
         image = getattr(backend, "image", None)
         built = getattr(image, "manifest", {}) if image is not None else {}
