@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent_world import (
+    ADMIN,
     CANARY_GITHUB,
     CANARY_KEY,
     SAMPLE_FILES,
@@ -137,6 +138,21 @@ async def test_claude_code_implements_a_ticket_in_a_bubblewrap_sandbox(tmp_path:
         done = [o for o in report.outcomes if o["state"] == "done"]
         assert len(done) == 1, [r.output_tail for r in report.runs]
         assert_ticket_implemented(world)
+        # The log reads as a transcript.
+        from typer.testing import CliRunner
+
+        from swarmstack.cli.main import app
+
+        shown = CliRunner().invoke(
+            app, ["tickets", "log", "1", "--api", world.url, "--token", ADMIN]
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "agent.tool_call    Bash: python3 -m unittest -v 2>&1" in shown.output
+        assert "agent.tool_call    Write: /workspace/ticket-1/test_mul.py" in shown.output
+        results = [line for line in shown.output.splitlines() if "agent.tool_result" in line]
+        # the suite's output, its first lines shown and the rest counted
+        assert "test_add" in results[-1] and " lines)" in results[-1]
+        assert "ticket.done" in shown.output
         # Nothing of the control plane's secrets reached the agent, its log or the events.
         everything = json.dumps([e.model_dump() for e in world.events()])
         everything += "".join(r.output_tail for r in report.runs)
