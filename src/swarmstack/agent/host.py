@@ -104,6 +104,7 @@ class AgentHost:
         self._stopping = asyncio.Event()
         self._running: dict[int, Sandbox] = {}
         self._warm: dict[int, asyncio.Task[_Launched]] = {}
+        self.last_sandbox: Sandbox | None = None  # kept by run_one(keep=True)
 
     @property
     def control_dir(self) -> Path:
@@ -259,8 +260,6 @@ class AgentHost:
         launched = await self._launch(slot)
         await launched.go(self.config.token)
         return await launched.finish(keep=keep)
-
-    last_sandbox: Sandbox | None = None
 
 
 class _Launched:
