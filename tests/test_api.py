@@ -747,6 +747,27 @@ def test_invalid_plan_is_422_with_the_full_report_and_nothing_is_stored(api: Api
     assert set(api.tickets()) == {"A", "B"}
 
 
+def test_design_checks_refuse_a_plan_over_http(api: Api) -> None:
+    bad = {
+        **spec(
+            tk("S", phase="skeleton", covers=["R1"]),
+            tk("A", estimate=5, covers=["R9"]),  # not on the skeleton, too large, unknown R9
+        ),
+        "requirements": [{"id": "R1", "text": "one"}, {"id": "R2", "text": "two"}],
+        "max_estimate": 4,
+    }
+    report = api.post("/v1/plans/validate", json_body=bad).json()
+    assert [(i["code"], i["tickets"], i["requirements"]) for i in report["errors"]] == [
+        ("unknown_requirement", ["A"], ["R9"]),
+        ("uncovered_requirement", [], ["R2"]),
+        ("unreachable_from_skeleton", ["A"], []),
+        ("too_large", ["A"], []),
+    ]
+    body = assert_error(api.post("/v1/plans", json_body=bad), 422, "invalid_plan")
+    assert body["details"] == report
+    assert api.get("/v1/plans").json() == []
+
+
 def test_plans_list_get_and_waves(api: Api) -> None:
     first = api.plan(diamond("first"))
     second = api.plan(spec(tk("X"), title="second"), max_attempts=7)

@@ -74,11 +74,12 @@ def _openapi() -> dict[str, Any]:
 
 OPENAPI = _openapi()
 
-# A plan is a DAG: cycles, unknown or duplicate ids and empty titles cannot be said in JSON
-# Schema, so a schema-valid plan may rightly be refused with 422 invalid_plan (documented on
-# the operation). positive_data_acceptance would call every such refusal a failure; for this one
-# operation it also accepts 422, and plan_refusals_are_invalid_plan below makes sure that any
-# 422 for a schema-valid plan is that semantic refusal and not a schema one.
+# A plan is a DAG: cycles, unknown or duplicate ids, empty titles and the design checks
+# (requirements covered, everything built on the skeleton, estimates under max_estimate) cannot
+# be said in JSON Schema, so a schema-valid plan may rightly be refused with 422 invalid_plan
+# (documented on the operation). positive_data_acceptance would call every such refusal a
+# failure; for this one operation it also accepts 422, and plan_refusals_are_invalid_plan below
+# makes sure that any 422 for a schema-valid plan is that semantic refusal and not a schema one.
 PLAN_IS_A_DAG = {
     "include-path": "/v1/plans",
     "include-method": "POST",
@@ -207,7 +208,7 @@ def errors_are_json(_ctx: Any, response: Any, _case: Any) -> None:
 
 
 def plan_refusals_are_invalid_plan(_ctx: Any, response: Any, case: Any) -> None:
-    """A schema-valid plan may be refused only for breaking the DAG rules, with the report."""
+    """A schema-valid plan may be refused only for breaking the plan rules, with the report."""
     if (case.operation.method.upper(), case.operation.path) != ("POST", "/v1/plans"):
         return
     if response.status_code != 422:

@@ -178,6 +178,17 @@ def test_an_invalid_plan_is_refused_and_nothing_is_stored(store: TicketStore) ->
     assert store.last_seq() == before
 
 
+def test_waves_of_a_plan_stored_under_older_rules(store: TicketStore) -> None:
+    p = store.create_plan(plan(t("S", phase="skeleton"), t("A", ["S"])))
+    # Before the skeleton rule a ticket could start from nothing; such a plan still shows.
+    older = plan(t("S", phase="skeleton"), t("A", ["S"]), t("Loose"))
+    with store.db.tx() as tx:
+        tx.execute(
+            "UPDATE plans SET spec = :s WHERE id = :id", {"s": older.model_dump_json(), "id": p.id}
+        )
+    assert [w.tickets for w in store.waves(p.id).waves] == [["S", "Loose"], ["A"]]
+
+
 def test_an_empty_plan_is_stored(store: TicketStore) -> None:
     p = store.create_plan(plan())
     assert (p.ticket_count, p.counts) == (0, {})
@@ -865,8 +876,8 @@ def test_list_tickets_filters_and_pages(store: TicketStore) -> None:
         plan(
             t("s1", phase="skeleton"),
             t("e1", ["s1"]),
-            t("e2"),
-            t("v1", ["e1", "e2"], phase="validation"),
+            t("s2", phase="skeleton"),  # not expansion: that must build on a skeleton ticket
+            t("v1", ["e1", "s2"], phase="validation"),
         )
     )
     other = store.create_plan(plan(t("x", phase="skeleton")))
@@ -876,15 +887,16 @@ def test_list_tickets_filters_and_pages(store: TicketStore) -> None:
         return [x.key for x in tickets]
 
     everything = store.list_tickets()
-    assert keys(everything) == ["s1", "e1", "e2", "v1", "x"]
+    assert keys(everything) == ["s1", "e1", "s2", "v1", "x"]
     assert [x.id for x in everything] == sorted(key.values())
     assert keys(store.list_tickets(plan_id=other.id)) == ["x"]
-    assert keys(store.list_tickets(states=[READY])) == ["s1", "e2", "x"]
-    assert keys(store.list_tickets(plan_id=p.id, states=[READY])) == ["s1", "e2"]
+    assert keys(store.list_tickets(states=[READY])) == ["s1", "s2", "x"]
+    assert keys(store.list_tickets(plan_id=p.id, states=[READY])) == ["s1", "s2"]
     assert keys(store.list_tickets(states=[PENDING, READY], plan_id=p.id)) == keys(everything)[:4]
     assert keys(store.list_tickets(states=[DONE, CLAIMED])) == []
-    assert keys(store.list_tickets(phase="skeleton")) == ["s1", "x"]
-    assert keys(store.list_tickets(phase="expansion", states=[READY])) == ["e2"]
+    assert keys(store.list_tickets(phase="skeleton")) == ["s1", "s2", "x"]
+    assert keys(store.list_tickets(phase="skeleton", states=[READY])) == ["s1", "s2", "x"]
+    assert keys(store.list_tickets(phase="expansion", states=[PENDING])) == ["e1"]
     assert keys(store.list_tickets(plan_id=p.id, phase="validation")) == ["v1"]
 
     pages: list[str] = []
@@ -894,8 +906,8 @@ def test_list_tickets_filters_and_pages(store: TicketStore) -> None:
         pages.extend(keys(page))
         after = page[-1].id
     assert pages == keys(everything)
-    assert keys(store.list_tickets(after_id=key["e2"])) == ["v1", "x"]
-    assert keys(store.list_tickets(after_id=key["s1"], states=[READY])) == ["e2", "x"]
+    assert keys(store.list_tickets(after_id=key["s2"])) == ["v1", "x"]
+    assert keys(store.list_tickets(after_id=key["s1"], states=[READY])) == ["s2", "x"]
 
 
 def test_counts_by_plan_and_overall(store: TicketStore) -> None:

@@ -52,7 +52,7 @@ class InvalidRequest(UsageError):
 
 
 class PlanInvalid(UsageError):
-    """The plan parsed but is not a valid DAG; ``details`` holds the full report."""
+    """The plan parsed but fails validation; ``details`` holds the full report."""
 
     status_code = 422
     exit_code = 1

@@ -24,7 +24,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from swarmstack.errors import PlanInvalid
-from swarmstack.tickets.models import PlanIssue, PlanSpec, ValidationReport, Wave, WavesReport
+from swarmstack.tickets import design
+from swarmstack.tickets.models import (
+    IssueCode,
+    PlanIssue,
+    PlanSpec,
+    TicketSpec,
+    ValidationReport,
+    Wave,
+    WavesReport,
+)
 
 _MAX_ERRORS_IN_MESSAGE = 5  # PlanInvalid's one-line message; the full report is in details
 
@@ -150,9 +159,12 @@ def _strongly_connected(graph: _Graph) -> list[list[int]]:
 def validate(plan: PlanSpec, *, strict: bool = False) -> ValidationReport:
     """Check a plan and report every problem at once.
 
-    Errors: ``duplicate_id``, ``empty_title``, ``self_dependency``, ``unknown_dependency``,
-    ``cycle``. ``file_conflict`` is a warning, or an error when ``strict`` is true.
-    ``valid`` means there are no errors.
+    Errors: the graph's (see :func:`validate_graph`), ``empty_title``, the requirement checks
+    ``duplicate_requirement``, ``unknown_requirement`` and ``uncovered_requirement`` (when the
+    plan lists requirements), ``unreachable_from_skeleton`` (when it has skeleton tickets and
+    no cycle) and ``too_large`` (when it sets ``max_estimate``). ``validation_too_early`` is a
+    warning; ``file_conflict`` is a warning, or an error when ``strict`` is true. ``valid``
+    means there are no errors.
     """
     ids = [t.id for t in plan.tickets]
     deps: dict[str, list[str]] = {}
@@ -160,16 +172,10 @@ def validate(plan: PlanSpec, *, strict: bool = False) -> ValidationReport:
     for ticket in plan.tickets:
         deps.setdefault(ticket.id, ticket.depends_on)
         files.setdefault(ticket.id, ticket.files)
-    report = validate_graph(ids, deps, files, strict=strict)
-    untitled = [
-        PlanIssue(code="empty_title", tickets=[t.id], message=f"ticket {t.id} has no title")
-        for t in plan.tickets
-        if not t.title.strip()
-    ]
-    if untitled:
-        errors = _by_code([*report.errors, *untitled])
-        report = ValidationReport(valid=False, errors=errors, warnings=report.warnings)
-    return report
+    graph, _ = _build(ids, deps)
+    errors, conflicts, order = _graph_issues(graph, ids, deps, files)
+    errors += _plan_issues(plan, graph, order)
+    return _report(errors, design.early_validation_issues(plan), conflicts, strict=strict)
 
 
 def validate_graph(
@@ -182,19 +188,44 @@ def validate_graph(
     """The graph checks of :func:`validate` over plain data.
 
     ``ids`` in plan order (repeats are reported as ``duplicate_id``), ``deps[id]`` the ids it
-    depends on, ``files[id]`` the files it touches (omit to skip ``file_conflict``).
+    depends on, ``files[id]`` the files it touches (omit to skip ``file_conflict``). Errors:
+    ``duplicate_id``, ``self_dependency``, ``unknown_dependency``, ``cycle``.
     """
     graph, _ = _build(ids, deps)
+    errors, conflicts, _ = _graph_issues(graph, ids, deps, files)
+    return _report(errors, [], conflicts, strict=strict)
+
+
+def _graph_issues(
+    graph: _Graph,
+    ids: Sequence[str],
+    deps: Mapping[str, Sequence[str]],
+    files: Mapping[str, Sequence[str]] | None,
+) -> tuple[list[PlanIssue], list[PlanIssue], list[int] | None]:
+    """The graph's errors, its file conflicts, and a topological order (None on a cycle)."""
     errors = [*_duplicate_issues(ids), *_reference_issues(graph.ids, deps, graph.index)]
     components = _strongly_connected(graph)
     errors += _cycle_issues(graph, components)
     conflicts = _file_conflict_issues(graph, components, files) if files else []
-    warnings: list[PlanIssue] = []
+    # Tarjan emits dependencies first: without a cycle, its components are the order.
+    acyclic = all(len(c) == 1 for c in components)
+    order = [c[0] for c in components] if acyclic else None
+    return errors, conflicts, order
+
+
+def _report(
+    errors: list[PlanIssue],
+    warnings: list[PlanIssue],
+    conflicts: list[PlanIssue],
+    *,
+    strict: bool,
+) -> ValidationReport:
+    """``strict`` decides one thing only: whether file conflicts are errors or warnings."""
     if strict:
-        errors += conflicts
+        errors = [*errors, *conflicts]
     else:
-        warnings = conflicts
-    return ValidationReport(valid=not errors, errors=_by_code(errors), warnings=warnings)
+        warnings = [*warnings, *conflicts]
+    return ValidationReport(valid=not errors, errors=_by_code(errors), warnings=_by_code(warnings))
 
 
 def require_valid(plan: PlanSpec) -> ValidationReport:
@@ -209,17 +240,26 @@ def require_valid(plan: PlanSpec) -> ValidationReport:
     return report
 
 
-_CODE_ORDER = {
-    code: n
-    for n, code in enumerate(
-        ("duplicate_id", "empty_title", "self_dependency", "unknown_dependency", "cycle")
-    )
-}  # file_conflict sorts last: it is the one a strict run adds to the errors
+_REPORT_ORDER: tuple[IssueCode, ...] = (
+    "duplicate_id",
+    "empty_title",
+    "self_dependency",
+    "unknown_dependency",
+    "cycle",
+    "duplicate_requirement",
+    "unknown_requirement",
+    "uncovered_requirement",
+    "unreachable_from_skeleton",
+    "too_large",
+    "validation_too_early",
+    "file_conflict",  # last: it is the one a strict run adds to the errors
+)
+_CODE_ORDER = {code: n for n, code in enumerate(_REPORT_ORDER)}
 
 
 def _by_code(issues: list[PlanIssue]) -> list[PlanIssue]:
     """Group issues by kind, keeping plan order within a kind (sort is stable)."""
-    return sorted(issues, key=lambda issue: _CODE_ORDER.get(issue.code, len(_CODE_ORDER)))
+    return sorted(issues, key=lambda issue: _CODE_ORDER[issue.code])
 
 
 def _invalid(report: ValidationReport) -> PlanInvalid:
@@ -426,6 +466,67 @@ def _conflict_issue(earlier: str, later: str, paths: list[str]) -> PlanIssue:
     )
 
 
+# -- checks that need the tickets: titles, the skeleton, and those of design.py -------------
+
+
+def _plan_issues(plan: PlanSpec, graph: _Graph, order: list[int] | None) -> list[PlanIssue]:
+    """The errors that need the tickets themselves, not only their ids and edges.
+
+    Each check is one pass over the plan; when nothing is wrong none of them builds an
+    issue, so :func:`_plan_dag` can afford them on every schedule.
+    """
+    issues = [
+        PlanIssue(code="empty_title", tickets=[t.id], message=f"ticket {t.id} has no title")
+        for t in plan.tickets
+        if not t.title.strip()
+    ]
+    issues += design.requirement_issues(plan)
+    if order is not None:
+        issues += _unreachable_issues(_first_of_each(plan), graph, order)
+    issues += design.too_large_issues(plan)
+    return issues
+
+
+def _first_of_each(plan: PlanSpec) -> list[TicketSpec]:
+    """The ticket that stands for each id, aligned with ``_Graph.ids``."""
+    first: dict[str, TicketSpec] = {}
+    for ticket in plan.tickets:
+        first.setdefault(ticket.id, ticket)
+    return list(first.values())
+
+
+def _unreachable_issues(
+    tickets: list[TicketSpec], graph: _Graph, order: list[int]
+) -> list[PlanIssue]:
+    """Non-skeleton tickets that depend on no skeleton ticket, directly or transitively.
+
+    One pass in topological order: a ticket is reached when it is a skeleton ticket or one
+    of its dependencies is reached. A ticket with an unknown dependency counts as reached:
+    the missing ticket may be the link, and it is an error of its own already. A plan
+    without skeleton tickets has nothing to reach from and is not checked.
+    """
+    skeleton = [t.phase == "skeleton" for t in tickets]
+    if not any(skeleton):
+        return []
+    reached = [False] * graph.size
+    for i in order:
+        reached[i] = (
+            skeleton[i]
+            or any(reached[d] for d in graph.deps[i])
+            or any(dep not in graph.index for dep in tickets[i].depends_on)
+        )
+    return [
+        PlanIssue(
+            code="unreachable_from_skeleton",
+            tickets=[t.id],
+            message=f"{t.phase} ticket {t.id} does not depend on any skeleton ticket, "
+            "directly or through its dependencies",
+        )
+        for i, t in enumerate(tickets)
+        if not reached[i]
+    ]
+
+
 # -- scheduling: waves, upward rank, critical path -------------------------------------------
 
 
@@ -449,14 +550,15 @@ def _dag(ids: Sequence[str], deps: Mapping[str, Sequence[str]]) -> tuple[_Graph,
 
 
 def _plan_dag(plan: PlanSpec) -> tuple[_Graph, list[int]]:
-    """:func:`_dag` for a plan: also refuses plans with any other error (empty titles).
+    """:func:`_dag` for a plan: also refuses plans with any other error (empty titles,
+    requirements, skeleton reachability, sizes).
 
     Without ``strict``, file conflicts are only warnings and never make a plan invalid, so
     this skips them and stays cheap even when the store asks for ranks right after it called
     :func:`require_valid`.
     """
     dag = _ordered(*_plain(plan)[:2])
-    if dag is None or any(not t.title.strip() for t in plan.tickets):
+    if dag is None or _plan_issues(plan, *dag):
         raise _invalid(validate(plan))
     return dag
 

@@ -24,6 +24,7 @@ Integer = Annotated[int, BeforeValidator(_number_only)]
 Number = Annotated[float, BeforeValidator(_number_only)]
 # The bounds before the validator: so they reach the JSON schema inside an optional's anyOf.
 Dollars = Annotated[float, Field(ge=0, le=1e9), BeforeValidator(_number_only)]
+Estimate = Annotated[float, Field(gt=0, le=10_000), BeforeValidator(_number_only)]
 
 
 class TicketState(enum.StrEnum):
@@ -62,6 +63,15 @@ class TicketSpec(BaseModel):
     covers: list[Text] = Field(default_factory=list)
 
 
+class Requirement(BaseModel):
+    """One requirement of the spec, which tickets name in their ``covers``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Text = Field(min_length=1, max_length=200)
+    text: Text
+
+
 class PlanSpec(BaseModel):
     """A named DAG of tickets: the plan file (JSON or YAML) and the body of ``POST /v1/plans``."""
 
@@ -71,6 +81,14 @@ class PlanSpec(BaseModel):
     description: Text = ""
     budget_usd: Dollars | None = Field(
         default=None, description="what the plan's model calls may cost in all, in US dollars"
+    )
+    requirements: list[Requirement] = Field(
+        default_factory=list,
+        description="the spec's requirements; when listed, every one must be covered by a "
+        "ticket and tickets may cover only these",
+    )
+    max_estimate: Estimate | None = Field(
+        default=None, description="the largest estimate a ticket may have"
     )
     tickets: list[TicketSpec]
 
@@ -84,6 +102,12 @@ IssueCode = Literal[
     "cycle",
     "empty_title",
     "file_conflict",
+    "duplicate_requirement",
+    "unknown_requirement",
+    "uncovered_requirement",
+    "unreachable_from_skeleton",
+    "validation_too_early",
+    "too_large",
 ]
 
 
@@ -92,6 +116,9 @@ class PlanIssue(BaseModel):
     tickets: list[str]
     message: str
     suggested_edge: tuple[str, str] | None = None  # (dependent, dependency) for file_conflict
+    requirements: list[str] = Field(
+        default_factory=list, description="requirement ids the issue is about"
+    )
 
 
 class ValidationReport(BaseModel):

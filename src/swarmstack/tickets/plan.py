@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from swarmstack.errors import UsageError
-from swarmstack.tickets.models import PlanSpec, TicketSpec
+from swarmstack.tickets.models import PlanSpec, Requirement, TicketSpec
 
 Format = Literal["json", "yaml"]
 
@@ -188,8 +188,11 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "top level"
 
 
+_ITEMS: dict[int | str, type[BaseModel]] = {"tickets": TicketSpec, "requirements": Requirement}
+
+
 def _did_you_mean(loc: tuple[int | str, ...], field: int | str) -> str:
-    model: type[BaseModel] = TicketSpec if len(loc) >= 3 and loc[0] == "tickets" else PlanSpec
+    model = _ITEMS.get(loc[0], PlanSpec) if len(loc) >= 3 else PlanSpec
     close = difflib.get_close_matches(str(field), list(model.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -357,7 +357,14 @@ class TicketStore:
         return PlanSpec.model_validate_json(spec)
 
     def waves(self, plan_id: int) -> WavesReport:
-        report = graph.waves_report(self.plan_spec(plan_id))
+        # The graph alone: the plan was valid when stored, and a check added since must not
+        # hide the shape of a plan that is already running.
+        spec = self.plan_spec(plan_id)
+        report = graph.waves_report_of(
+            [t.id for t in spec.tickets],
+            {t.id: t.depends_on for t in spec.tickets},
+            {t.id: t.estimate for t in spec.tickets},
+        )
         return report.model_copy(update={"plan_id": plan_id})
 
     @staticmethod
