@@ -7,7 +7,6 @@ only through their forwarder and the host's relay."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any
 
 from swarmstack.agent.host import AgentHost, HostConfig
 from swarmstack.api import create_app
+from swarmstack.bench.e2e import sample_repo as make_repo
 from swarmstack.client import SwarmClient
 from swarmstack.config import Settings
 from swarmstack.llm.scripted import ScriptedModel, load_script
@@ -44,17 +44,7 @@ SAMPLE_FILES = {
 
 def sample_repo(path: Path) -> Path:
     """A git repository with a module and its unittest suite, on ``main``."""
-    path.mkdir(parents=True)
-    for name, text in SAMPLE_FILES.items():
-        (path / name).write_text(text)
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin"}
-    for argv in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "calc"],
-    ):
-        subprocess.run(argv, cwd=path, env=env, check=True, capture_output=True)
-    return path
+    return make_repo(path, SAMPLE_FILES, "calc")
 
 
 @dataclass

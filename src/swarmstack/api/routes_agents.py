@@ -30,7 +30,7 @@ from swarmstack.api.schemas import (
 )
 from swarmstack.api.state import AppState, require_claimer, require_ticket_access
 from swarmstack.api.workers import Priority
-from swarmstack.auth import TokenKind
+from swarmstack.auth import Principal, TokenKind
 from swarmstack.errors import NotFound, StaleLease
 from swarmstack.tickets.models import Lease, Ticket
 
@@ -91,13 +91,19 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-async def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
-    """The app state and the ticket id, once the caller may write under this epoch."""
+async def _ticket_caller(request: Request) -> tuple[AppState, Principal, int]:
+    """The app state, the caller and the path's ticket id, once the caller may reach it."""
     state, caller = await lean.caller(request)
     ticket_id: int = request.path_params["ticket_id"]
     if ticket_id < 1 or ticket_id > MAX_ID:
         raise NotFound(f"no ticket {ticket_id}")
     require_ticket_access(caller, ticket_id)
+    return state, caller, ticket_id
+
+
+async def _lease_write(request: Request, epoch: int) -> tuple[AppState, int]:
+    """The app state and the ticket id, once the caller may write under this epoch."""
+    state, caller, ticket_id = await _ticket_caller(request)
     if caller.kind is TokenKind.LEASE and caller.epoch != epoch:
         raise StaleLease(
             f"the body names epoch {epoch} but this lease token is for epoch {caller.epoch}"
@@ -202,11 +208,7 @@ async def context(request: Request) -> Response:
     reported: what an agent needs to start."""
     from swarmstack.forge.local import LocalForge
 
-    state, caller = await lean.caller(request)
-    ticket_id: int = request.path_params["ticket_id"]
-    if ticket_id < 1 or ticket_id > MAX_ID:
-        raise NotFound(f"no ticket {ticket_id}")
-    require_ticket_access(caller, ticket_id)
+    state, _caller, ticket_id = await _ticket_caller(request)
     ticket = await state.call(state.store.get_ticket, ticket_id)
     plan = await state.call(state.store.get_plan, ticket.plan_id)
     deps = await state.call(state.store.dependencies, ticket_id)

@@ -68,15 +68,18 @@ def session(ticket_id: int, key: str, think_s: float) -> dict[str, Any]:
     }
 
 
-def sample_repo(path: Path) -> Path:
+def sample_repo(path: Path, files: dict[str, str] | None = None, message: str = "start") -> Path:
+    """A git repository on ``main`` holding ``files`` (name: text; default a README)."""
     path.mkdir(parents=True)
-    (path / "README.md").write_text("# bench\n")
+    for name, text in (files or {"README.md": "# bench\n"}).items():
+        (path / name).write_text(text)
     env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin"}
     for argv in (
         ["git", "init", "-q", "-b", "main"],
         ["git", "add", "-A"],
-        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "start"],
-    ):
+        ["git", "-c", "user.name=Swarm", "-c", "user.email=swarm@swarm.invalid", "commit",
+         "-qm", message],
+    ):  # fmt: skip
         subprocess.run(argv, cwd=path, env=env, check=True, capture_output=True)
     return path
 
