@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,32 @@ def store(database_url: str, clock: FakeClock) -> Iterator[TicketStore]:
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture
+def no_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings and the CLI read SWARM_* variables (and the Anthropic key); a test that uses
+    this sets the ones it means and no others leak in from the shell."""
+    for name in list(os.environ):
+        if name.startswith("SWARM_") and name != "SWARM_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    """Start scripted models (real Messages API servers): ``scripted(script)`` takes a path or
+    a mapping and returns ``(url, model)``; every one is stopped after the test."""
+    from swarmstack.llm.scripted import ScriptedModel, create_app, load_script
+    from swarmstack.threaded import ThreadedServer
+
+    servers: list[ThreadedServer] = []
+
+    def start(script: Path | dict[str, Any]) -> tuple[str, ScriptedModel]:
+        model = ScriptedModel(load_script(script))
+        servers.append(ThreadedServer(create_app(model)).start())
+        return servers[-1].url, model
+
+    yield start
+    for server in servers:
+        server.stop()

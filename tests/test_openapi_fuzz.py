@@ -90,6 +90,13 @@ PLAN_IS_A_DAG = {
     },
 }
 
+# The same holds for an edited plan file that replaces a draft's.
+EDITED_PLAN_IS_A_DAG = {
+    **PLAN_IS_A_DAG,
+    "include-path": "/v1/plans/{plan_id}/spec",
+    "include-method": "PUT",
+}
+
 # A repository to import is a path on the control plane's host: one that holds no git repository
 # fits the schema and is refused with 422.
 REPO_IS_A_REPOSITORY = {
@@ -108,7 +115,7 @@ def _schema(mode: str) -> Any:
         {
             "headers": {"Authorization": f"Bearer {ADMIN}"},
             "generation": {"mode": mode, "max-examples": MAX_EXAMPLES, "deterministic": True},
-            "operations": [PLAN_IS_A_DAG, REPO_IS_A_REPOSITORY],
+            "operations": [PLAN_IS_A_DAG, EDITED_PLAN_IS_A_DAG, REPO_IS_A_REPOSITORY],
         }
     )
     return schemathesis.openapi.from_dict(OPENAPI, config=config)
@@ -124,10 +131,17 @@ INVALID = _schema("negative")
 
 
 def _seed(store: TicketStore) -> None:
-    """Three plans with tickets done, claimed, ready, pending and cancelled, and a token."""
+    """Plans 1, 3 and 4 with tickets done, claimed, ready, pending and cancelled; drafts 2 and
+    5 to export, edit and approve (small ids: the ones generated most); plan 6 a design the
+    app's start fails (it was running then); and a token."""
     store.migrate()
-    for n in range(3):
-        store.create_plan(
+    draft = PlanSpec(title="fuzz draft", tickets=[TicketSpec(id="a", title="a")])
+    active: list[int] = []
+    for n in range(5):
+        if n in (1, 4):
+            store.create_plan(draft, draft=True)
+            continue
+        plan = store.create_plan(
             PlanSpec(
                 title=f"fuzz plan {n}",
                 tickets=[
@@ -138,11 +152,13 @@ def _seed(store: TicketStore) -> None:
                 ],
             )
         )
-    lease = store.claim("seed-agent", plan_id=1)
+        active.append(plan.id)
+    lease = store.claim("seed-agent", plan_id=active[0])
     assert lease is not None
     store.complete(lease.ticket.id, lease.epoch, TicketResult(summary="seeded"))
-    assert store.claim("seed-agent", plan_id=2) is not None
+    assert store.claim("seed-agent", plan_id=active[1]) is not None
     store.cancel(12)
+    store.begin_design("fuzz design", {"spec_text": "a todo app"})
     store.tokens.create(TokenKind.AGENT, "fuzz-agent")
 
 
@@ -209,7 +225,8 @@ def errors_are_json(_ctx: Any, response: Any, _case: Any) -> None:
 
 def plan_refusals_are_invalid_plan(_ctx: Any, response: Any, case: Any) -> None:
     """A schema-valid plan may be refused only for breaking the plan rules, with the report."""
-    if (case.operation.method.upper(), case.operation.path) != ("POST", "/v1/plans"):
+    operation = (case.operation.method.upper(), case.operation.path)
+    if operation not in {("POST", "/v1/plans"), ("PUT", "/v1/plans/{plan_id}/spec")}:
         return
     if response.status_code != 422:
         return

@@ -17,7 +17,7 @@ from swarmstack.errors import UsageError
 from swarmstack.tickets.graph import validate
 from swarmstack.tickets.plan import load_plan, parse_plan
 
-EXAMPLE = Path(str(resources.files("swarmstack") / "examples" / "plan.json"))
+EXAMPLE = Path(str(resources.files("swarmstack") / "examples" / "todo" / "plan.json"))
 
 PLAN_JSON = """{
   "title": "demo",
@@ -321,8 +321,8 @@ def test_waves_command_json() -> None:
     body = json.loads(result.stdout)
     assert body["waves"][0] == {"index": 0, "tickets": ["scaffold"]}
     assert body["critical_path"][0] == "scaffold"
-    assert body["critical_path"][-1] == "e2e"
-    assert body["critical_length"] == 13.0
+    assert body["critical_path"][-1] == "e2e-tests"
+    assert body["critical_length"] == 12.5
 
 
 def test_waves_command_human(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +18,7 @@ from vm_fixtures import ADMIN, ThreadServer, VmPlane, vm_plane
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _no_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SWARM_") and name != "SWARM_TEST_POSTGRES_URL":
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_swarm_env")
 
 
 @pytest.fixture(scope="module")

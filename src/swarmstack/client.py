@@ -61,6 +61,8 @@ from swarmstack.tickets.models import (
 if TYPE_CHECKING:
     import aiohttp
 
+    from swarmstack.design.request import DesignRequest
+
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -127,9 +129,31 @@ class Calls:
         return Call("GET", "/v1/health", _model(Health))
 
     @staticmethod
-    def create_plan(spec: PlanSpec, max_attempts: int | None = None) -> Call[Plan]:
-        params = {"max_attempts": max_attempts} if max_attempts else {}
+    def create_plan(
+        spec: PlanSpec, max_attempts: int | None = None, draft: bool = False
+    ) -> Call[Plan]:
+        params: dict[str, Any] = {"max_attempts": max_attempts} if max_attempts else {}
+        if draft:
+            params["draft"] = True
         return Call("POST", "/v1/plans", _model(Plan), spec.model_dump(mode="json"), params)
+
+    @staticmethod
+    def design_plan(request: DesignRequest) -> Call[Plan]:
+        body = request.model_dump(mode="json", exclude_none=True)
+        return Call("POST", "/v1/plans", _model(Plan), body)
+
+    @staticmethod
+    def plan_spec(plan_id: int) -> Call[PlanSpec]:
+        return Call("GET", f"/v1/plans/{plan_id}/spec", _model(PlanSpec))
+
+    @staticmethod
+    def replace_draft(plan_id: int, spec: PlanSpec) -> Call[Plan]:
+        return Call("PUT", f"/v1/plans/{plan_id}/spec", _model(Plan), spec.model_dump(mode="json"))
+
+    @staticmethod
+    def approve_plan(plan_id: int, max_attempts: int | None = None) -> Call[Plan]:
+        params = {"max_attempts": max_attempts} if max_attempts else {}
+        return Call("POST", f"/v1/plans/{plan_id}/approve", _model(Plan), params=params)
 
     @staticmethod
     def validate_plan(spec: PlanSpec, strict: bool = False) -> Call[ValidationReport]:
@@ -516,8 +540,23 @@ class SwarmClient:
     def health(self) -> Health:
         return self.send(Calls.health())
 
-    def create_plan(self, spec: PlanSpec, max_attempts: int | None = None) -> Plan:
-        return self.send(Calls.create_plan(spec, max_attempts))
+    def create_plan(
+        self, spec: PlanSpec, max_attempts: int | None = None, draft: bool = False
+    ) -> Plan:
+        return self.send(Calls.create_plan(spec, max_attempts, draft))
+
+    def design_plan(self, request: DesignRequest) -> Plan:
+        """Start the design agent on the control plane: the plan, in status designing."""
+        return self.send(Calls.design_plan(request))
+
+    def plan_spec(self, plan_id: int) -> PlanSpec:
+        return self.send(Calls.plan_spec(plan_id))
+
+    def replace_draft(self, plan_id: int, spec: PlanSpec) -> Plan:
+        return self.send(Calls.replace_draft(plan_id, spec))
+
+    def approve_plan(self, plan_id: int, max_attempts: int | None = None) -> Plan:
+        return self.send(Calls.approve_plan(plan_id, max_attempts))
 
     def validate_plan(self, spec: PlanSpec, strict: bool = False) -> ValidationReport:
         return self.send(Calls.validate_plan(spec, strict))

@@ -24,7 +24,7 @@ from swarmstack.client import AiohttpSwarmClient, SwarmClient
 from swarmstack.tickets.models import TicketResult
 from swarmstack.tickets.plan import load_plan
 
-EXAMPLE_PLAN = Path(__file__).resolve().parent / "examples" / "plan.json"
+EXAMPLE_PLAN = Path(__file__).resolve().parent / "examples" / "todo" / "plan.json"
 
 
 @dataclass

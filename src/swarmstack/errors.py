@@ -13,6 +13,7 @@ one place and never show a traceback for a mistake the caller can fix::
     ├── Conflict                    409 / exit 1   the state forbids it (cancel a done ticket)
     │   └── StaleLease              409 / exit 1   an agent write with an epoch that is not live
     ├── PayloadTooLarge             413 / exit 2
+    ├── DesignFailed                502 / exit 1   the design agent got no usable plan
     └── Unavailable                 503 / exit 1   the server or database cannot be reached
 """
 
@@ -91,6 +92,13 @@ class PayloadTooLarge(SwarmError):
     code = "payload_too_large"
 
 
+class DesignFailed(SwarmError):
+    """The model's answers never made a valid plan (or the model could not be reached)."""
+
+    status_code = 502
+    code = "design_failed"
+
+
 class Unavailable(SwarmError):
     status_code = 503
     code = "unavailable"
@@ -109,6 +117,7 @@ _BY_CODE: dict[str, type[SwarmError]] = {
         Conflict,
         StaleLease,
         PayloadTooLarge,
+        DesignFailed,
         Unavailable,
     )
 }

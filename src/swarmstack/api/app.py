@@ -76,6 +76,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.schema_version = state.store.migrate()
+        # Designs run inside the server: one that was running when it stopped never ends.
+        interrupted = state.store.fail_interrupted_designs()
+        if interrupted:
+            log.warning("%d plans were being designed when the server stopped: failed", interrupted)
         state.store.db.checkpoint_in_background()
         listener: PgListener | None = None
         if state.store.db.dialect.name == "postgresql":
@@ -97,6 +101,8 @@ def create_app(
             if listener is not None:
                 listener.stop()
             await state.sandboxes.close()
+            if state.designs is not None:  # before the store closes: they fail their plans
+                await state.designs.close()
             if state.gateway is not None:
                 await state.gateway.close()
             state.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import Discriminator, Tag
 
 from swarmstack.api.deps import Context, IdPath, error_responses
+from swarmstack.api.designs import designs
 from swarmstack.api.schemas import (
     MAX_ID,
     CancelRequest,
@@ -16,6 +18,7 @@ from swarmstack.api.state import (
     require_admin,
     require_ticket_access,
 )
+from swarmstack.design.request import DesignRequest
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     Phase,
@@ -34,22 +37,59 @@ router = APIRouter(prefix="/v1")
 # -- plans ---------------------------------------------------------------------------------
 
 
+def _body_kind(value: Any) -> str:
+    """A body with ``spec`` and no ``tickets`` asks for a design; anything else is a plan
+    file, and is judged as one (so its errors name a plan file's fields)."""
+    if isinstance(value, dict):
+        return "design" if "spec" in value and "tickets" not in value else "plan"
+    return "design" if isinstance(value, DesignRequest) else "plan"
+
+
+PlanOrDesign = Annotated[
+    Annotated[PlanSpec, Tag("plan")] | Annotated[DesignRequest, Tag("design")],
+    Discriminator(_body_kind),
+]
+
+
 @router.post(
     "/plans",
     status_code=201,
     response_model=Plan,
-    responses=error_responses(403, 413),
+    responses={
+        202: {"model": Plan, "description": "A design request: the plan, being designed."},
+        **error_responses(403, 413),
+    },
     tags=["plans"],
 )
 async def create_plan(
-    spec: PlanSpec,
+    body: PlanOrDesign,
     ctx: Context,
-    max_attempts: Annotated[int | None, Query(ge=1, le=100)] = None,
+    response: Response,
+    max_attempts: Annotated[
+        int | None, Query(ge=1, le=100, description="attempts before a ticket is dead")
+    ] = None,
+    draft: Annotated[
+        bool,
+        Query(
+            description="store the plan file only, as a draft: its tickets are made when it "
+            "is approved (and max_attempts is given then)"
+        ),
+    ] = False,
 ) -> Plan:
-    """Store a plan; its tickets with no dependencies are ready at once. An invalid plan is
-    refused with 422 and the full validation report in ``details``."""
+    """Store a plan file, or start the design agent on a spec.
+
+    A plan file's tickets with no dependencies are ready at once; with ``draft`` it is stored
+    without tickets, to be read, edited and approved first. An invalid plan is refused with
+    422 and the full validation report in ``details``.
+
+    A design request (``spec``, and ``repo`` or ``repo_summary``) answers 202 with the plan
+    in status ``designing``; it becomes a ``draft`` (or ``failed``, with ``error``), and each
+    step is a ``design.*`` event of the plan."""
     require_admin(ctx.caller)
-    return ctx.state.store.create_plan(spec, max_attempts=max_attempts)
+    if isinstance(body, DesignRequest):
+        response.status_code = 202
+        return await designs(ctx.state).start(body)
+    return ctx.state.store.create_plan(body, max_attempts=max_attempts, draft=draft)
 
 
 @router.post(
@@ -92,6 +132,51 @@ async def plan_waves(plan_id: IdPath, ctx: Context) -> WavesReport:
     """Topological generations of the plan, and its critical path."""
     require_admin(ctx.caller)
     return ctx.state.store.waves(plan_id)
+
+
+@router.get(
+    "/plans/{plan_id:int}/spec",
+    response_model=PlanSpec,
+    responses=error_responses(403, 404, 409),
+    tags=["plans"],
+)
+async def get_plan_spec(plan_id: IdPath, ctx: Context) -> PlanSpec:
+    """The plan file of a draft or an active plan, to read or edit (409 while it is being
+    designed or when its design failed: it has none)."""
+    require_admin(ctx.caller)
+    return ctx.state.store.plan_spec(plan_id)
+
+
+@router.put(
+    "/plans/{plan_id:int}/spec",
+    response_model=Plan,
+    responses=error_responses(403, 404, 409, 413),
+    tags=["plans"],
+)
+async def replace_plan_spec(plan_id: IdPath, spec: PlanSpec, ctx: Context) -> Plan:
+    """Replace a draft's plan file with an edited one. 409 unless the plan is a draft; an
+    invalid plan is refused with 422 and the full validation report, and the draft is kept."""
+    require_admin(ctx.caller)
+    return ctx.state.store.replace_draft(plan_id, spec)
+
+
+@router.post(
+    "/plans/{plan_id:int}/approve",
+    response_model=Plan,
+    responses=error_responses(403, 404, 409),
+    tags=["plans"],
+)
+async def approve_plan(
+    plan_id: IdPath,
+    ctx: Context,
+    max_attempts: Annotated[
+        int | None, Query(ge=1, le=100, description="attempts before a ticket is dead")
+    ] = None,
+) -> Plan:
+    """Approve a draft: its tickets are made, those with no dependencies ready at once. 409
+    unless the plan is a draft (approving twice is refused)."""
+    require_admin(ctx.caller)
+    return ctx.state.store.approve(plan_id, max_attempts=max_attempts)
 
 
 # -- tickets -------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class AppState:
     _cache_lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: Workers | None = None  # made on first use (PostgreSQL only)
     gateway: Any = None  # the LLM gateway's upstream client (routes_llm.Gateway), on first use
+    designs: Any = None  # the running design tasks (designs.Designs), on first use
 
     async def call(
         self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.WRITE, **kwargs: Any

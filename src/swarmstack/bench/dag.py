@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from swarmstack.tickets.models import PlanSpec, TicketSpec
+from swarmstack.tickets.models import PlanSpec, Requirement, TicketSpec
 
 
 def _synthetic(i: int, deps: list[str], rng: random.Random) -> TicketSpec:
@@ -63,4 +63,41 @@ def chain_plan(tickets: int) -> PlanSpec:
             TicketSpec(id=f"T{i}", title=f"step {i}", depends_on=[f"T{i - 1}"] if i else [])
             for i in range(tickets)
         ],
+    )
+
+
+def designed_plan(tickets: int, *, seed: int = 0, requirements: int | None = None) -> PlanSpec:
+    """A random DAG shaped the way the design agent makes one, so that every check runs:
+    a skeleton ticket that everything reaches, requirements that each ticket covers one of
+    (about ten tickets a requirement), ``max_estimate``, and validation tickets at the end
+    that depend on the work before them."""
+    base = random_plan(tickets, seed=seed)
+    count = requirements or max(1, tickets // 10)
+    rng = random.Random(seed + 1)
+    validation = set(range(max(1, tickets - max(1, tickets // 100)), tickets))
+    specs = []
+    for i, ticket in enumerate(base.tickets):
+        deps = ticket.depends_on or ([] if i == 0 else ["T0"])
+        if i in validation:
+            deps = sorted({*deps, f"T{rng.randrange(0, min(validation))}"})
+        specs.append(
+            ticket.model_copy(
+                update={
+                    "phase": "skeleton"
+                    if i == 0
+                    else "validation"
+                    if i in validation
+                    else "expansion",
+                    "depends_on": deps,
+                    "covers": [f"R{i % count + 1}"],
+                }
+            )
+        )
+    return PlanSpec(
+        title=f"designed DAG of {tickets}",
+        requirements=[
+            Requirement(id=f"R{n + 1}", text=f"requirement {n + 1}") for n in range(count)
+        ],
+        max_estimate=4.0,
+        tickets=specs,
     )

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from swarmstack.bench.dag import chain_plan, random_plan
+from swarmstack.bench.dag import chain_plan, designed_plan, random_plan
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import PlanSpec
 
@@ -22,10 +22,12 @@ def _best_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def run(tickets: int = 10_000, repeat: int = 3) -> dict[str, Any]:
-    """Validate and schedule a random DAG and a chain of ``tickets`` tickets; best of N."""
+    """Validate and schedule a random DAG, a chain, and a random DAG with requirements and
+    a skeleton (every check runs on it) of ``tickets`` tickets; best of N."""
     plans: dict[str, PlanSpec] = {
         "random_dag": random_plan(tickets, seed=1),
         "chain": chain_plan(tickets),
+        "designed_dag": designed_plan(tickets, seed=1),
     }
     result: dict[str, Any] = {"bench": "validate", "tickets": tickets, "repeat": repeat}
     for name, spec in plans.items():

@@ -70,7 +70,7 @@ def serve(
     }
     s = settings().model_copy(update=overrides)
     if example:
-        plan_file = Path(__file__).resolve().parent.parent / "examples" / "plan.json"
+        plan_file = Path(__file__).resolve().parent.parent / "examples" / "todo" / "plan.json"
     if plan_file is not None:
         seeded = seed_plan(s, plan_file)
         if seeded is not None:

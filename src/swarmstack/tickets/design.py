@@ -86,3 +86,14 @@ def early_validation_issues(plan: PlanSpec) -> list[PlanIssue]:
         for t in plan.tickets
         if t.phase == "validation" and not t.depends_on
     ]
+
+
+def coverage(plan: PlanSpec) -> dict[str, list[str]]:
+    """Each listed requirement's id -> the tickets that cover it, in plan order (an empty list
+    when none does): what a person reads before approving a designed plan."""
+    covered: dict[str, list[str]] = {r.id: [] for r in plan.requirements}
+    for ticket in plan.tickets:
+        for rid in dict.fromkeys(ticket.covers):
+            if rid in covered:
+                covered[rid].append(ticket.id)
+    return covered

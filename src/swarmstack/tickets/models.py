@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 Phase = Literal["skeleton", "expansion", "validation"]
+# designing: a design agent is writing the plan file; draft: written, waiting for a person to
+# approve it; failed: the design gave up; active: approved (or imported whole), tickets exist.
+PlanStatus = Literal["designing", "draft", "failed", "active"]
 
 # Text that PostgreSQL can store: no NUL characters (SQLite would, but one rule for both).
 Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
@@ -139,6 +142,12 @@ class Plan(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict, description="tickets by state")
     budget_usd: float | None = None
     spent_usd: float = Field(default=0.0, description="what its model calls have cost so far")
+    status: PlanStatus = Field(
+        default="active",
+        description="designing (a design agent is writing it), draft (no tickets until "
+        "approved), failed (its design failed) or active (its tickets exist)",
+    )
+    error: str | None = Field(default=None, description="why its design failed, if it did")
 
 
 class TicketResult(BaseModel):

@@ -143,4 +143,23 @@ def _v4_ticket_events(tx: Tx) -> None:
     tx.execute("CREATE INDEX events_ticket ON events (ticket_id, seq)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_usage, _v3_pull_requests, _v4_ticket_events]
+def _v5_plan_status(tx: Tx) -> None:
+    """A plan's stage: a design agent may write it first (``designing``, then ``draft`` or
+    ``failed`` with an ``error``), and a draft's tickets exist only once a person approves it
+    (``active``). ``design`` keeps the request a designed plan came from. Plans stored before
+    this step had their tickets at once, so they are ``active``."""
+    for statement in (
+        "ALTER TABLE plans ADD COLUMN status TEXT NOT NULL DEFAULT 'active'",
+        "ALTER TABLE plans ADD COLUMN error TEXT",
+        "ALTER TABLE plans ADD COLUMN design TEXT",
+    ):
+        tx.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [
+    _v1_initial,
+    _v2_usage,
+    _v3_pull_requests,
+    _v4_ticket_events,
+    _v5_plan_status,
+]

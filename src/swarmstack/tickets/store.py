@@ -22,7 +22,7 @@ from typing import Any
 from swarmstack.auth import TokenKind, format_token, new_secret, secret_hash
 from swarmstack.config import Settings
 from swarmstack.db import EVENTS_LOCK_KEY, NOTIFY_CHANNEL, POSTGRESQL, Database, Row, Tx, migrate
-from swarmstack.errors import Conflict, NotFound, StaleLease
+from swarmstack.errors import Conflict, NotFound, StaleLease, SwarmError
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     DiffStats,
@@ -30,6 +30,7 @@ from swarmstack.tickets.models import (
     Lease,
     Plan,
     PlanSpec,
+    PlanStatus,
     PullRequest,
     Ticket,
     TicketResult,
@@ -49,6 +50,11 @@ _JSON_LIST_COLUMNS = ("depends_on", "files", "acceptance", "covers")
 _LIVE_LEASE = "id = :id AND epoch = :epoch AND state = 'claimed' AND lease_expires_at > :now"
 
 EventRow = tuple[str, int | None, int | None, dict[str, Any]]  # kind, plan, ticket, data
+
+# What the spec column holds while a plan is being designed: it is NOT NULL, and plan_spec
+# never reads it (it refuses a designing or failed plan first).
+_NO_SPEC = ""
+_DESIGN_LIFECYCLE = ("design.started", "design.done", "design.failed")
 
 # On PostgreSQL a claim and a completion are each one statement in its own transaction: the
 # data-modifying CTEs below do what the portable code path does in five or six statements, so
@@ -260,81 +266,274 @@ class TicketStore:
 
     # -- plans -------------------------------------------------------------------------------
 
-    def create_plan(self, spec: PlanSpec, *, max_attempts: int | None = None) -> Plan:
-        """Store a valid plan; tickets with no dependencies start ready."""
+    def create_plan(
+        self, spec: PlanSpec, *, max_attempts: int | None = None, draft: bool = False
+    ) -> Plan:
+        """Store a valid plan; tickets with no dependencies start ready.
+
+        With ``draft`` only the plan file is stored: a person reads and edits it first, and
+        :meth:`approve` makes its tickets then (so ``max_attempts`` is given there, and is not
+        used here)."""
         graph.require_valid(spec)
+        if draft:
+            with self.db.tx() as tx:
+                plan_id = self._insert_plan(tx, spec.title, spec, status="draft")
+                drafted = {"title": spec.title, "tickets": len(spec.tickets)}
+                self._append(tx, [("plan.drafted", plan_id, None, drafted)])
+            self._publish(0)
+            return self.get_plan(plan_id)
         ranks = graph.upward_rank(spec)
-        now = self.clock()
-        roots = [t.id for t in spec.tickets if not t.depends_on]
         with self.db.tx() as tx:
-            plan_id = int(
-                tx.scalar(
-                    "INSERT INTO plans (title, description, created_at, spec, budget_usd) "
-                    "VALUES (:t, :d, :c, :s, :b) RETURNING id",
-                    {
-                        "t": spec.title,
-                        "d": spec.description,
-                        "c": now,
-                        "s": spec.model_dump_json(),
-                        "b": spec.budget_usd,
-                    },
-                )
+            plan_id = self._insert_plan(tx, spec.title, spec, status="active")
+            ready = self._insert_tickets(tx, plan_id, spec, ranks, max_attempts)
+            created = {"title": spec.title, "tickets": len(spec.tickets), "ready": len(ready)}
+            self._append(tx, [("plan.created", plan_id, None, created), *ready])
+        self._publish(len(ready))
+        return self.get_plan(plan_id)
+
+    def _insert_plan(
+        self,
+        tx: Tx,
+        title: str,
+        spec: PlanSpec | None,
+        *,
+        status: PlanStatus,
+        design: str | None = None,
+    ) -> int:
+        """A new plans row; a plan being designed has no plan file yet (see ``_NO_SPEC``)."""
+        return int(
+            tx.scalar(
+                "INSERT INTO plans (title, description, created_at, spec, budget_usd, status, "
+                "design) VALUES (:t, :d, :c, :s, :b, :status, :design) RETURNING id",
+                {
+                    "t": title,
+                    "d": spec.description if spec else "",
+                    "c": self.clock(),
+                    "s": spec.model_dump_json() if spec else _NO_SPEC,
+                    "b": spec.budget_usd if spec else None,
+                    "status": status,
+                    "design": design,
+                },
             )
-            tx.executemany(
-                "INSERT INTO tickets (plan_id, key, title, body, phase, depends_on, files, "
-                "acceptance, covers, estimate, priority, rank, state, unmet, max_attempts, "
-                "ready_at, updated_at) VALUES (:plan, :key, :title, :body, :phase, :deps, "
-                ":files, :acc, :covers, :est, :prio, :rank, :state, :unmet, :max, :ready, :now)",
-                [
-                    {
-                        "plan": plan_id,
-                        "key": t.id,
-                        "title": t.title,
-                        "body": t.body,
-                        "phase": t.phase,
-                        "deps": json.dumps(t.depends_on),
-                        "files": json.dumps(t.files),
-                        "acc": json.dumps(t.acceptance),
-                        "covers": json.dumps(t.covers),
-                        "est": t.estimate,
-                        "prio": t.priority,
-                        "rank": ranks[t.id],
-                        "state": TicketState.PENDING.value if t.depends_on else "ready",
-                        "unmet": len(set(t.depends_on)),
-                        "max": max_attempts or self.max_attempts,
-                        "ready": None if t.depends_on else now,
-                        "now": now,
-                    }
-                    for t in spec.tickets
-                ],
+        )
+
+    def _insert_tickets(
+        self,
+        tx: Tx,
+        plan_id: int,
+        spec: PlanSpec,
+        ranks: dict[str, float],
+        max_attempts: int | None,
+    ) -> list[EventRow]:
+        """Make a valid plan's tickets and dependency edges (the one way tickets come to be,
+        for a plan stored whole and for an approved draft); returns the ``ticket.ready``
+        events of the tickets with no dependencies, which start ready."""
+        now = self.clock()
+        tx.executemany(
+            "INSERT INTO tickets (plan_id, key, title, body, phase, depends_on, files, "
+            "acceptance, covers, estimate, priority, rank, state, unmet, max_attempts, "
+            "ready_at, updated_at) VALUES (:plan, :key, :title, :body, :phase, :deps, "
+            ":files, :acc, :covers, :est, :prio, :rank, :state, :unmet, :max, :ready, :now)",
+            [
+                {
+                    "plan": plan_id,
+                    "key": t.id,
+                    "title": t.title,
+                    "body": t.body,
+                    "phase": t.phase,
+                    "deps": json.dumps(t.depends_on),
+                    "files": json.dumps(t.files),
+                    "acc": json.dumps(t.acceptance),
+                    "covers": json.dumps(t.covers),
+                    "est": t.estimate,
+                    "prio": t.priority,
+                    "rank": ranks[t.id],
+                    "state": TicketState.PENDING.value if t.depends_on else "ready",
+                    "unmet": len(set(t.depends_on)),
+                    "max": max_attempts or self.max_attempts,
+                    "ready": None if t.depends_on else now,
+                    "now": now,
+                }
+                for t in spec.tickets
+            ],
+        )
+        ids = {
+            r["key"]: r["id"]
+            for r in tx.all("SELECT id, key FROM tickets WHERE plan_id = :p", {"p": plan_id})
+        }
+        tx.executemany(
+            "INSERT INTO deps (ticket_id, depends_on_id) VALUES (:t, :d)",
+            [
+                {"t": ids[t.id], "d": ids[dep]}
+                for t in spec.tickets
+                for dep in sorted(set(t.depends_on))
+            ],
+        )
+        return [("ticket.ready", plan_id, ids[t.id], {}) for t in spec.tickets if not t.depends_on]
+
+    def replace_draft(self, plan_id: int, spec: PlanSpec) -> Plan:
+        """Put a new plan file in place of a draft's (a person edited it); refused unless the
+        plan is a draft, and like :meth:`create_plan` unless the new file is valid."""
+        with self.db.read() as tx:
+            self._require_status(tx, plan_id, "draft")  # say so before judging the new file
+        graph.require_valid(spec)
+        with self.db.tx() as tx:
+            hit = tx.scalar(
+                "UPDATE plans SET title = :t, description = :d, spec = :s, budget_usd = :b "
+                "WHERE id = :id AND status = 'draft' RETURNING id",
+                {**self._spec_columns(spec), "id": plan_id},
             )
-            ids = {
-                r["key"]: r["id"]
-                for r in tx.all("SELECT id, key FROM tickets WHERE plan_id = :p", {"p": plan_id})
-            }
-            tx.executemany(
-                "INSERT INTO deps (ticket_id, depends_on_id) VALUES (:t, :d)",
-                [
-                    {"t": ids[t.id], "d": ids[dep]}
-                    for t in spec.tickets
-                    for dep in sorted(set(t.depends_on))
-                ],
+            if hit is None:  # approved (or gone) since the check above
+                raise self._status_error(tx, plan_id, "draft")
+            edited = {"title": spec.title, "tickets": len(spec.tickets)}
+            self._append(tx, [("plan.edited", plan_id, None, edited)])
+        self._publish(0)
+        return self.get_plan(plan_id)
+
+    def approve(self, plan_id: int, *, max_attempts: int | None = None) -> Plan:
+        """Make a draft active: its tickets are made as :meth:`create_plan` makes them, those
+        with no dependencies ready. Only a draft can be approved, once: the status changes in
+        the statement that checks it, so of two approvals at once (two replicas) the second
+        waits for the first's row lock, then finds an active plan and is refused."""
+        with self.db.tx() as tx:
+            spec_json = tx.scalar(
+                "UPDATE plans SET status = 'active' WHERE id = :id AND status = 'draft' "
+                "RETURNING spec",
+                {"id": plan_id},
             )
-            created = {"title": spec.title, "tickets": len(spec.tickets), "ready": len(roots)}
+            if spec_json is None:
+                raise self._status_error(tx, plan_id, "draft")
+            spec = PlanSpec.model_validate_json(spec_json)
+            # Checked again: a rule added since the draft was stored must not make tickets of
+            # a plan it refuses (the report says what to edit).
+            graph.require_valid(spec)
+            ready = self._insert_tickets(tx, plan_id, spec, graph.upward_rank(spec), max_attempts)
+            approved = {"title": spec.title, "tickets": len(spec.tickets), "ready": len(ready)}
+            self._append(tx, [("plan.approved", plan_id, None, approved), *ready])
+        self._publish(len(ready))
+        return self.get_plan(plan_id)
+
+    @staticmethod
+    def _spec_columns(spec: PlanSpec) -> dict[str, Any]:
+        """The plans columns a plan file sets (its parameters named as every UPDATE names them)."""
+        return {
+            "t": spec.title,
+            "d": spec.description,
+            "s": spec.model_dump_json(),
+            "b": spec.budget_usd,
+        }
+
+    @classmethod
+    def _require_status(cls, tx: Tx, plan_id: int, wanted: PlanStatus) -> None:
+        status = tx.scalar("SELECT status FROM plans WHERE id = :id", {"id": plan_id})
+        if status != wanted:
+            raise cls._status_error(tx, plan_id, wanted)
+
+    @staticmethod
+    def _status_error(tx: Tx, plan_id: int, wanted: PlanStatus) -> SwarmError:
+        """Why a statement guarded by ``status = wanted`` found no plan: NotFound without the
+        plan, else Conflict saying what the plan is."""
+        status = tx.scalar("SELECT status FROM plans WHERE id = :id", {"id": plan_id})
+        if status is None:
+            return NotFound(f"no plan {plan_id}")
+        if status == wanted:  # it became so after the guarded statement looked
+            return Conflict(f"plan {plan_id} changed while this request ran; try again")
+        being = {"draft": "a draft", "designing": "being designed"}.get(wanted, wanted)
+        return Conflict(f"plan {plan_id} is {status}, not {being}")
+
+    # -- plans a design agent writes ---------------------------------------------------------
+
+    def begin_design(self, title: str, request: dict[str, Any]) -> Plan:
+        """A plan a design agent is about to write: ``designing``, with no plan file yet and
+        the request it works from kept with it; :meth:`finish_design` or :meth:`fail_design`
+        ends it."""
+        with self.db.tx() as tx:
+            plan_id = self._insert_plan(
+                tx, title, None, status="designing", design=json.dumps(request)
+            )
+            self._append(tx, [("design.started", plan_id, None, {"title": title})])
+        self._publish(0)
+        return self.get_plan(plan_id)
+
+    def design_event(self, plan_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Append what the design agent is doing (a ``design.*`` event) to a plan it is
+        designing. The kinds that start and end a design are the store's own."""
+        if not kind.startswith("design.") or kind in _DESIGN_LIFECYCLE:
+            raise ValueError(
+                f"design events are design.<kind>, other than {', '.join(_DESIGN_LIFECYCLE)}: "
+                f"got {kind!r}"
+            )
+        with self.db.tx() as tx:
+            # Locked, so that no event lands after the design.done of a finish committing now.
+            status = tx.scalar(
+                "SELECT status FROM plans WHERE id = :id " + tx.dialect.for_update,
+                {"id": plan_id},
+            )
+            if status != "designing":
+                raise self._status_error(tx, plan_id, "designing")
+            self._append(tx, [(kind, plan_id, None, data)])
+        self._publish(0)
+
+    def finish_design(self, plan_id: int, spec: PlanSpec, data: dict[str, Any]) -> Plan:
+        """The design agent wrote a valid plan file: the plan becomes a draft for a person to
+        read, edit and approve. An invalid file is refused (PlanInvalid, with the report) and
+        the plan stays ``designing``, so the designer may fix it or give up."""
+        graph.require_valid(spec)
+        with self.db.tx() as tx:
+            hit = tx.scalar(
+                "UPDATE plans SET status = 'draft', title = :t, description = :d, spec = :s, "
+                "budget_usd = :b WHERE id = :id AND status = 'designing' RETURNING id",
+                {**self._spec_columns(spec), "id": plan_id},
+            )
+            if hit is None:
+                raise self._status_error(tx, plan_id, "designing")
+            self._append(tx, [("design.done", plan_id, None, data)])
+        self._publish(0)
+        return self.get_plan(plan_id)
+
+    def fail_design(self, plan_id: int, reason: str, data: dict[str, Any] | None = None) -> Plan:
+        """The design gave up: the plan is ``failed`` with ``reason`` as its error."""
+        with self.db.tx() as tx:
+            hit = tx.scalar(
+                "UPDATE plans SET status = 'failed', error = :reason "
+                "WHERE id = :id AND status = 'designing' RETURNING id",
+                {"reason": reason, "id": plan_id},
+            )
+            if hit is None:
+                raise self._status_error(tx, plan_id, "designing")
+            self._append(tx, [("design.failed", plan_id, None, {**(data or {}), "reason": reason})])
+        self._publish(0)
+        return self.get_plan(plan_id)
+
+    def fail_interrupted_designs(
+        self, reason: str = "the control plane restarted while the plan was being designed"
+    ) -> int:
+        """Fail every plan still ``designing``; returns how many. A design runs inside the
+        server, so at start-up none can still be running, and without this a plan would
+        show ``designing`` forever."""
+        with self.db.tx() as tx:
+            failed = tx.all(
+                "UPDATE plans SET status = 'failed', error = :reason "
+                "WHERE status = 'designing' RETURNING id",
+                {"reason": reason},
+            )
             self._append(
                 tx,
                 [
-                    ("plan.created", plan_id, None, created),
-                    *[("ticket.ready", plan_id, ids[key], {}) for key in roots],
+                    ("design.failed", int(r["id"]), None, {"reason": reason})
+                    for r in sorted(failed, key=lambda r: int(r["id"]))
                 ],
             )
-        self._publish(len(roots))
-        return self.get_plan(plan_id)
+        if failed:
+            self._publish(0)
+        return len(failed)
+
+    # -- reading plans -----------------------------------------------------------------------
 
     def get_plan(self, plan_id: int) -> Plan:
         with self.db.read() as tx:
             row = tx.one(
-                "SELECT id, title, description, created_at, budget_usd, "
+                "SELECT id, title, description, created_at, budget_usd, status, error, "
                 "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = :id) AS spent_usd "
                 "FROM plans WHERE id = :id",
                 {"id": plan_id},
@@ -350,11 +549,17 @@ class TicketStore:
         return [self.get_plan(i) for i in ids]
 
     def plan_spec(self, plan_id: int) -> PlanSpec:
+        """The plan file of a draft or an active plan (what a person exports and edits); a
+        plan still being designed, or whose design failed, has none."""
         with self.db.read() as tx:
-            spec = tx.scalar("SELECT spec FROM plans WHERE id = :id", {"id": plan_id})
-        if spec is None:
+            row = tx.one("SELECT spec, status, error FROM plans WHERE id = :id", {"id": plan_id})
+        if row is None:
             raise NotFound(f"no plan {plan_id}")
-        return PlanSpec.model_validate_json(spec)
+        if row["status"] == "designing":
+            raise Conflict(f"plan {plan_id} is still being designed")
+        if row["status"] == "failed":
+            raise Conflict(f"plan {plan_id}'s design failed: {row['error']}")
+        return PlanSpec.model_validate_json(row["spec"])
 
     def waves(self, plan_id: int) -> WavesReport:
         # The graph alone: the plan was valid when stored, and a check added since must not
