@@ -696,6 +696,8 @@ def test_every_command_has_help_text_and_help_works() -> None:
         "plan show",
         "plan approve",
         "plan export",
+        "plan design",
+        "plan log",
         "tickets",
         "tickets ls",
         "tickets show",

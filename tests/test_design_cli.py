@@ -163,10 +163,26 @@ def test_the_control_plane_designs_a_draft_with_every_repair_in_its_events(
             spec = admin.plan_spec(plan.id)
             assert graph.validate(spec, strict=True).valid
 
+            log = cli("plan", "log", str(plan.id), **env)
+            assert log.exit_code == 0, log.output
+            lines = log.stdout.splitlines()
+            assert lines[0] == "designing “kv: a key-value store on the command line”"
+            assert "repair round 2: 1 problem to fix" in lines
+            assert lines[-1].startswith("draft ready: 8 tickets in 5 waves")
+            as_json = json.loads(cli("plan", "log", str(plan.id), "--json", **env).stdout)
+            assert [e["kind"] for e in as_json] == seen
+            assert as_json[1]["data"]["prompt"].startswith("Design phase: skeleton")
+
             approved = cli("plan", "approve", str(plan.id), **env)
             assert approved.exit_code == 0, approved.output
             ready = [t.key for t in admin.all_tickets(plan_id=plan.id) if t.state == "ready"]
             assert ready == ["layout"]
+
+        imported = cli("plan", "import", str(EXAMPLE / "plan.json"), **env)
+        assert imported.exit_code == 0, imported.output
+        log = cli("plan", "log", "2", **env)
+        assert log.stdout == "plan 2 was not designed here: it was imported\n"
+        assert "no plan 9" in one_line_error(cli("plan", "log", "9", **env), 1)
 
 
 def test_a_design_that_fails_on_the_control_plane_stores_no_plan_file(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,10 +108,15 @@ def _read_spec(path: Path) -> str:
     return text
 
 
-def _show(kind: str, data: dict[str, Any]) -> None:
+def _show(kind: str, data: dict[str, Any], *, out: Any = None) -> None:
+    """A design event's line: progress on stderr, unless ``out`` is another console."""
     line = describe(kind, data)
     if line is not None:
-        common.err_console.print(escape(line), highlight=False, soft_wrap=True)
+        (out or common.err_console).print(escape(line), highlight=False, soft_wrap=True)
+
+
+def _show_out(kind: str, data: dict[str, Any]) -> None:
+    _show(kind, data, out=common.console)
 
 
 async def _show_async(kind: str, data: dict[str, Any]) -> None:
@@ -154,7 +160,7 @@ def _design_there(
                 f"plan {plan.id}: the control plane is designing it", highlight=False
             )
         if wait:
-            plan = _follow(api_client, plan.id, quiet=json_out)
+            plan = _follow(api_client, plan.id, show=None if json_out else _show)
         if json_out:
             common.print_json(plan)
         elif plan.status != "designing":
@@ -163,14 +169,55 @@ def _design_there(
             raise SwarmError(f"plan {plan.id}: {plan.error}")
 
 
-def _follow(api_client: Any, plan_id: int, *, quiet: bool) -> Any:
-    """Print the design's events until it is a draft or has failed; the plan then."""
-    after = 0
+def log_command(
+    plan_id: Annotated[int, typer.Argument(min=1, help="The plan's id.", show_default=False)],
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Keep following a design that is still running."),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the design's events as a JSON array.")
+    ] = False,
+    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+) -> None:
+    """Show how a plan was designed: every call to the model and its answer, the checks, the
+    repairs, and how it ended (``--json``: the events themselves, prompts and answers whole)."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        plan = api_client.get_plan(plan_id)
+        events = []
+        after = 0
+        while True:
+            page = api_client.events(after=after, plan_id=plan_id)
+            if not page.events:
+                break
+            events += [e for e in page.events if e.kind.startswith("design.")]
+            after = page.last_seq
+        if json_out:
+            common.print_json(events)
+            return
+        if not events:
+            common.console.print(f"plan {plan_id} was not designed here: it was imported")
+            return
+        for event in events:
+            _show_out(event.kind, event.data)
+        if follow and plan.status == "designing":
+            _follow(api_client, plan_id, show=_show_out, after=after)
+
+
+def _follow(
+    api_client: Any,
+    plan_id: int,
+    *,
+    show: Callable[[str, dict[str, Any]], None] | None,
+    after: int = 0,
+) -> Any:
+    """Show the design's events until it is a draft or has failed; the plan then."""
     while True:
         page = api_client.events(after=after, plan_id=plan_id)
         for event in page.events:
-            if not quiet:
-                _show(event.kind, event.data)
+            if show is not None:
+                show(event.kind, event.data)
         after = page.last_seq
         if any(e.kind in ("design.done", "design.failed") for e in page.events):
             return api_client.get_plan(plan_id)

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from swarmstack.cli import common
-from swarmstack.cli.design import design_command
+from swarmstack.cli.design import design_command, log_command
 from swarmstack.errors import SwarmError, UsageError
 from swarmstack.tickets.design import coverage
 from swarmstack.tickets.graph import validate, waves_report
@@ -49,6 +49,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.command("design")(design_command)
+app.command("log")(log_command)
 
 PlanFile = Annotated[
     Path,

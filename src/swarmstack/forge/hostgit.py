@@ -55,21 +55,39 @@ def argv(*args: str) -> list[str]:
     return [GIT, *config, *args]
 
 
-def run(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
+def run(
+    *args: str,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> bytes:
     """Run git; its standard output, or GitFailed with its standard error."""
+    code, out, err = run_status(*args, cwd=cwd, input=input, env=env)
+    if code != 0:
+        message = err.decode(errors="replace").strip()
+        raise GitFailed(f"git {args[0]} failed: {message[-500:]}")
+    return out
+
+
+def run_status(
+    *args: str,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run git for a command whose exit status is an answer (``merge-tree``: 1 is a conflict);
+    ``env`` adds variables (a committer's identity) to the hardened environment."""
+    base = {**ENV, "GIT_DIR": str(cwd)} if cwd is not None and cwd.suffix == ".git" else ENV
     done = subprocess.run(
         argv(*args),
         cwd=cwd,
         input=input,
         capture_output=True,
-        env={**ENV, "GIT_DIR": str(cwd)} if cwd is not None and cwd.suffix == ".git" else ENV,
+        env={**base, **(env or {})},
         check=False,
         timeout=600,
     )
-    if done.returncode != 0:
-        message = done.stderr.decode(errors="replace").strip()
-        raise GitFailed(f"git {args[0]} failed: {message[-500:]}")
-    return done.stdout
+    return done.returncode, done.stdout, done.stderr
 
 
 async def serve(service: str, repo: Path, body: bytes | None, *, advertise: bool) -> bytes:
