@@ -25,8 +25,10 @@ from swarmstack.config import Settings
 from swarmstack.design.agent import DesignAgent, DesignResult
 from swarmstack.design.repo import summarize
 from swarmstack.design.request import DesignOptions, DesignRequest, run_design, upstream_client
+from swarmstack.design.schema import Revision
 from swarmstack.errors import DesignFailed, UsageError
 from swarmstack.tickets import graph
+from swarmstack.tickets.models import TicketSpec
 from swarmstack.tickets.plan import load_plan
 
 HERE = Path(__file__).parent / "design"
@@ -94,6 +96,11 @@ def test_planted_defects_end_in_a_valid_plan_with_every_repair_in_the_events(scr
     assert result_block["type"] == "tool_result" and result_block["is_error"] is True
     assert "requirements.1.text: Field required" in result_block["content"]
 
+    # A repair that names a ticket that is not there is refused and asked again.
+    repair_answers = [a for a in events.of("design.answer") if a["call"] == "repair:1"]
+    assert [a["accepted"] for a in repair_answers] == [False, True]
+    assert repair_answers[0]["problems"] == ["remove: there is no ticket 'store-index'"]
+
     # Round 0: every planted defect found at once.
     checks = events.of("design.validation")
     first = {e["code"] for e in checks[0]["errors"]}
@@ -126,6 +133,31 @@ def test_planted_defects_end_in_a_valid_plan_with_every_repair_in_the_events(scr
     assert "Make e2e depend on cli-list" in prompts["repair-3"]
     # The critique's suggestion stays a suggestion: no round for it, nothing left open.
     assert result.open_findings == []
+
+
+def test_a_revision_replaces_adds_and_removes_by_id() -> None:
+    def planned(key: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": key, "phase": "expansion", "title": key, "body": "", "acceptance": ["ok"],
+            "files": [f"{key}.py"], "depends_on": [], "estimate": 1, "covers": [], **fields,
+        }  # fmt: skip
+
+    plan = [TicketSpec(id=k, title=k) for k in ("a", "b", "c")]
+    revision = Revision.model_validate(
+        {"tickets": [planned("d"), planned("b", title="B!")], "remove": ["a"]}
+    )
+    assert revision.problems({"a", "b", "c"}) == []
+    assert [(t.id, t.title) for t in revision.apply(plan)] == [("b", "B!"), ("c", "c"), ("d", "d")]
+
+    assert Revision().problems({"a"}) == ["the revision changes nothing"]
+    clash = Revision.model_validate(
+        {"tickets": [planned("a"), planned("a")], "remove": ["a", "zz"]}
+    )
+    assert clash.problems({"a"}) == [
+        "remove: there is no ticket 'zz'",
+        "tickets: 'a' is given twice",
+        "'a' is both given and removed",
+    ]
 
 
 def test_an_answer_that_never_fits_the_schema_fails_with_the_problems(scripted: Any) -> None:

@@ -147,7 +147,7 @@ def test_the_control_plane_designs_a_draft_with_every_repair_in_its_events(
         assert "ordered 1 pair of tickets that share files: cli-del after cli-set-get" in progress
         for n in (1, 2, 3):
             assert f"repair round {n}:" in progress
-        assert "draft ready: 8 tickets in 5 waves, 3 repair rounds, 10 model calls" in progress
+        assert "draft ready: 8 tickets in 5 waves, 3 repair rounds, 11 model calls" in progress
         assert "draft" in result.stdout and "cli-list" in result.stdout  # swarm plan show
 
         with SwarmClient(server.url, server.admin_token) as admin:

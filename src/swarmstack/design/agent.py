@@ -275,10 +275,11 @@ class DesignAgent:
                 max_estimate=f"{self.options.max_estimate:g}",
             ),
             tool_name="submit_plan",
-            description="The complete corrected list of tickets.",
+            description="The tickets to add or replace, and the ids of tickets to remove.",
             answer=Revision,
+            check=lambda revision: revision.problems({t.id for t in plan.tickets}),
         )
-        return self._with(plan, [t.spec(t.phase) for t in revision.tickets])
+        return self._with(plan, revision.apply(plan.tickets))
 
     # -- the plan --------------------------------------------------------------------------
 

@@ -136,10 +136,34 @@ class PlannedTicket(DraftTicket):
 
 
 class Revision(_Strict):
-    """A repair round's answer: the whole corrected list of tickets."""
+    """A repair round's answer: what changes, not the whole plan again, so that the answer
+    stays as small as the fix however large the plan is."""
 
-    tickets: list[PlannedTicket] = Field(min_length=1)
+    tickets: list[PlannedTicket] = Field(
+        default_factory=list,
+        description="tickets to add, or to replace whole (matched by id); tickets not named "
+        "here or in remove stay as they are",
+    )
+    remove: list[Slug] = Field(default_factory=list, description="ids of tickets to delete")
     notes: str = Field(default="", description="what changed and why, briefly")
+
+    def problems(self, ids: set[str]) -> list[str]:
+        """What cannot be applied to a plan with tickets ``ids``."""
+        found = [] if self.tickets or self.remove else ["the revision changes nothing"]
+        found += [f"remove: there is no ticket {i!r}" for i in self.remove if i not in ids]
+        named = [t.id for t in self.tickets]
+        found += [
+            f"tickets: {i!r} is given twice" for i in sorted(set(named)) if named.count(i) > 1
+        ]
+        found += [f"{i!r} is both given and removed" for i in sorted(set(named) & set(self.remove))]
+        return found
+
+    def apply(self, tickets: list[TicketSpec]) -> list[TicketSpec]:
+        """The plan's tickets with this revision applied: replacements in place, new tickets
+        at the end, removed ones gone."""
+        given = {t.id: t.spec(t.phase) for t in self.tickets}
+        kept = [given.pop(t.id, t) for t in tickets if t.id not in self.remove]
+        return [*kept, *given.values()]
 
 
 # -- as tools --------------------------------------------------------------------------------
