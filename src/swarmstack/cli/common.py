@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -81,6 +81,9 @@ def client(api_url: str | None, token: str | None) -> Any:
     return SwarmClient(api_url or s.api_url, token)
 
 
+# The same two options as Annotated aliases, for commands written in that style.
+ApiUrl = Annotated[str | None, typer.Option("--api", help="API URL.")]
+Token = Annotated[str | None, typer.Option("--token", help="Bearer token.")]
 ApiOption = typer.Option(None, "--api", help="API URL (default: $SWARM_API_URL or local).")
 TokenOption = typer.Option(None, "--token", help="Bearer token (default: $SWARM_TOKEN).")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")

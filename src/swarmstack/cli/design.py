@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from swarmstack.cli import common
+from swarmstack.cli.common import ApiUrl, Token
 from swarmstack.design.progress import describe
 from swarmstack.errors import SwarmError, UsageError
 
@@ -63,8 +64,8 @@ def design_command(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON, without progress.")
     ] = False,
-    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+    api: ApiUrl = None,
+    token: Token = None,
 ) -> None:
     """Design a plan for a spec: requirements, skeleton, tickets, checks, repair rounds.
 
@@ -178,8 +179,8 @@ def log_command(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the design's events as a JSON array.")
     ] = False,
-    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+    api: ApiUrl = None,
+    token: Token = None,
 ) -> None:
     """Show how a plan was designed: every call to the model and its answer, the checks, the
     repairs, and how it ended (``--json``: the events themselves, prompts and answers whole)."""

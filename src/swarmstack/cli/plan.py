@@ -19,6 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from swarmstack.cli import common
+from swarmstack.cli.common import ApiUrl, Token
 from swarmstack.cli.design import design_command, log_command
 from swarmstack.errors import SwarmError, UsageError
 from swarmstack.tickets.design import coverage
@@ -67,8 +68,6 @@ MaxAttempts = Annotated[
     int | None,
     typer.Option("--max-attempts", min=1, max=100, help="Attempts before a ticket is dead."),
 ]
-ApiUrl = Annotated[str | None, typer.Option("--api", help="API URL.")]
-Token = Annotated[str | None, typer.Option("--token", help="Bearer token.")]
 
 
 @app.command("validate")

@@ -25,6 +25,7 @@ import anthropic
 
 from swarmstack.design import prompts
 from swarmstack.design.model import Asker, Spent
+from swarmstack.design.progress import plural
 from swarmstack.design.repo import RepoSummary
 from swarmstack.design.request import DesignOptions, Emit, no_events
 from swarmstack.design.schema import (
@@ -38,7 +39,7 @@ from swarmstack.design.schema import (
 from swarmstack.errors import DesignFailed
 from swarmstack.llm.prices import PriceTable
 from swarmstack.tickets import graph
-from swarmstack.tickets.models import PlanIssue, PlanSpec, TicketSpec
+from swarmstack.tickets.models import PlanIssue, PlanSpec, TicketSpec, ValidationReport
 
 # Errors the graph needs gone before file conflicts can be ordered by an edge.
 _GRAPH_ERRORS = {"duplicate_id", "self_dependency", "unknown_dependency", "cycle"}
@@ -173,8 +174,10 @@ class DesignAgent:
         rounds = 0
         critiques = 0
         while True:
-            plan = await self._order_conflicts(plan, rounds)
             report = graph.validate(plan, strict=True)
+            ordered = await self._order_conflicts(plan, report, rounds)
+            if ordered is not None:
+                plan, report = ordered, graph.validate(ordered, strict=True)
             # A validation ticket that runs first checks nothing: in a design it is an error.
             errors = [
                 *report.errors,
@@ -202,20 +205,22 @@ class DesignAgent:
                 if not errors:  # only the critique is unhappy: keep its findings on record
                     return DesignResult(plan, rounds, self.asker.spent, findings)
                 raise DesignFailed(
-                    f"after {_count(rounds, 'repair round')} the plan still has "
-                    f"{_count(len(errors), 'error')}: " + "; ".join(i.message for i in errors[:5])
+                    f"after {plural(rounds, 'repair round')} the plan still has "
+                    f"{plural(len(errors), 'error')}: " + "; ".join(i.message for i in errors[:5])
                 )
             rounds += 1
             plan = await self._repair(plan, errors, must, rounds)
 
-    async def _order_conflicts(self, plan: PlanSpec, round_: int) -> PlanSpec:
-        """Tickets that may run at once and share a file: the later one in a topological
-        order depends on the earlier. Every added edge agrees with that one order, so
-        together they cannot make a cycle."""
-        report = graph.validate(plan)
-        conflicts = [w for w in report.warnings if w.code == "file_conflict"]
+    async def _order_conflicts(
+        self, plan: PlanSpec, report: ValidationReport, round_: int
+    ) -> PlanSpec | None:
+        """Tickets that may run at once and share a file (``report`` is strict, so they are
+        errors): the later one in a topological order depends on the earlier. Every added
+        edge agrees with that one order, so together they cannot make a cycle. None when
+        there is nothing to order, or a graph error must be repaired first."""
+        conflicts = [e for e in report.errors if e.code == "file_conflict"]
         if not conflicts or any(e.code in _GRAPH_ERRORS for e in report.errors):
-            return plan
+            return None
         waves = graph.waves_of(
             [t.id for t in plan.tickets], {t.id: t.depends_on for t in plan.tickets}
         )
@@ -234,7 +239,7 @@ class DesignAgent:
             {
                 "round": round_,
                 "edges": edges,
-                "message": f"ordered {_count(len(edges), 'pair')} of tickets that share files",
+                "message": f"ordered {plural(len(edges), 'pair')} of tickets that share files",
             },
         )
         return self._with(plan, tickets)
@@ -298,10 +303,6 @@ class DesignAgent:
 
 
 # -- checks and text -------------------------------------------------------------------------
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _skeleton_problems(skeleton: Skeleton) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _s(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
+    """``1 error``, ``3 errors``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
@@ -31,23 +32,21 @@ def describe(kind: str, data: dict[str, Any]) -> str | None:
         errors = data.get("errors") or []
         if not errors:
             return f"checks, round {data.get('round', 0)}: valid"
-        codes = sorted({str(e.get("code")) for e in errors})
-        return (
-            f"checks, round {data.get('round', 0)}: {_s(len(errors), 'error')} ({', '.join(codes)})"
-        )
+        codes = ", ".join(sorted({str(e.get("code")) for e in errors}))
+        return f"checks, round {data.get('round', 0)}: {plural(len(errors), 'error')} ({codes})"
     if kind == "design.fixed":
         edges = data.get("edges") or []
         pairs = ", ".join(f"{later} after {earlier}" for later, earlier in edges)
-        return f"ordered {_s(len(edges), 'pair')} of tickets that share files: {pairs}"
+        return f"ordered {plural(len(edges), 'pair')} of tickets that share files: {pairs}"
     if kind == "design.repair":
         problems = data.get("problems") or []
-        return f"repair round {data.get('round')}: {_s(len(problems), 'problem')} to fix"
+        return f"repair round {data.get('round')}: {plural(len(problems), 'problem')} to fix"
     if kind == "design.done":
         return (
-            f"draft ready: {_s(int(data.get('tickets', 0)), 'ticket')} in "
-            f"{_s(int(data.get('waves', 0)), 'wave')}, "
-            f"{_s(int(data.get('repair_rounds', 0)), 'repair round')}, "
-            f"{_s(int(data.get('calls', 0)), 'model call')}, "
+            f"draft ready: {plural(int(data.get('tickets', 0)), 'ticket')} in "
+            f"{plural(int(data.get('waves', 0)), 'wave')}, "
+            f"{plural(int(data.get('repair_rounds', 0)), 'repair round')}, "
+            f"{plural(int(data.get('calls', 0)), 'model call')}, "
             f"${float(data.get('cost_usd', 0)):.4f}"
         )
     if kind == "design.failed":
