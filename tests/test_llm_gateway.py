@@ -350,7 +350,8 @@ def test_claude_code_writes_a_file_and_runs_a_command_through_the_gateway(
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     target = workspace / "hello.txt"
-    write = {"name": "Write", "input": {"file_path": str(target), "content": "hi\n"}}
+    # The script does not know the workspace: Claude Code's system prompt names it.
+    write = {"name": "Write", "input": {"file_path": "${workspace}/hello.txt", "content": "hi\n"}}
     show = {"name": "Bash", "input": {"command": "cat hello.txt", "description": "show it"}}
     turns = [["Writing the file.", {"tool_use": write}], [{"tool_use": show}], "Done."]
     SCRIPT["sessions"].insert(0, {"name": "claude-code", "match": r"\bT-1\b", "turns": turns})

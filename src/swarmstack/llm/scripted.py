@@ -187,6 +187,38 @@ def _estimate_tokens(payload: Any) -> int:
     return max(1, len(json.dumps(payload, separators=(",", ":"))) // 4)
 
 
+# Claude Code tells the model where it works, in its first message ("Primary working directory: /workspace/ticket-7");
+# a script says ``${workspace}`` in a tool call's input where that directory belongs.
+_WORKDIR = re.compile(r"working directory: (\S+)", re.IGNORECASE)
+WORKSPACE = "${workspace}"
+
+
+def _workspace_of(body: dict[str, Any]) -> str | None:
+    """The working directory the request names, in its system prompt or a message."""
+    given = body.get("messages")
+    messages = given if isinstance(given, list) else []
+    texts = [_text_of(body.get("system"))]
+    texts += [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+    for text in texts:
+        found = _WORKDIR.search(text)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _fill(value: Any, workspace: str | None) -> Any:
+    """``value`` with ``${workspace}`` replaced in every string, when the request named one."""
+    if workspace is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(WORKSPACE, workspace)
+    if isinstance(value, list):
+        return [_fill(v, workspace) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, workspace) for k, v in value.items()}
+    return value
+
+
 class ScriptedModel:
     """The script, and the requests it has answered (for tests to look at)."""
 
@@ -231,6 +263,7 @@ class ScriptedModel:
     def message(self, body: dict[str, Any], turn: Turn) -> dict[str, Any]:
         """The answer as a Messages API message object."""
         content: list[dict[str, Any]] = []
+        workspace = _workspace_of(body)
         for block in turn.content:
             if block.text is not None:
                 content.append({"type": "text", "text": block.text})
@@ -240,7 +273,7 @@ class ScriptedModel:
                         "type": "tool_use",
                         "id": block.tool_use.id or f"toolu_{secrets.token_hex(12)}",
                         "name": block.tool_use.name,
-                        "input": block.tool_use.input,
+                        "input": _fill(block.tool_use.input, workspace),
                     }
                 )
         uses_tools = any(b["type"] == "tool_use" for b in content)
