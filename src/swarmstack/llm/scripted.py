@@ -187,8 +187,9 @@ def _estimate_tokens(payload: Any) -> int:
     return max(1, len(json.dumps(payload, separators=(",", ":"))) // 4)
 
 
-# Claude Code tells the model where it works, in its first message ("Primary working directory: /workspace/ticket-7");
-# a script says ``${workspace}`` in a tool call's input where that directory belongs.
+# Claude Code tells the model where it works, in its first message ("Primary working directory:
+# /workspace/ticket-7"); a script says ``${workspace}`` in a tool call's input where that
+# directory belongs.
 _WORKDIR = re.compile(r"working directory: (\S+)", re.IGNORECASE)
 WORKSPACE = "${workspace}"
 
