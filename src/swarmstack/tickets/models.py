@@ -36,6 +36,7 @@ class TicketState(enum.StrEnum):
     PENDING = "pending"  # some dependency is not done yet
     READY = "ready"  # may be claimed
     CLAIMED = "claimed"  # an agent holds a live lease
+    MERGING = "merging"  # its branch is in the merge queue: merged and checked, or sent back
     FAILED = "failed"  # waiting out its backoff before it is ready again
     DONE = "done"
     DEAD = "dead"  # failed too many times; needs a person
@@ -93,6 +94,24 @@ class PlanSpec(BaseModel):
     max_estimate: Estimate | None = Field(
         default=None, description="the largest estimate a ticket may have"
     )
+    checks: Text | None = Field(
+        default=None,
+        max_length=4_000,
+        description="the command (sh -c) that checks a merged tree, run in a sandbox before a "
+        "ticket counts as done; default: `checks` in the repository's .swarm.toml",
+    )
+    integration_branch: Text | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="the branch the tickets' work is merged into; default: the repository's "
+        "default branch",
+    )
+    strict_waves: bool = Field(
+        default=False,
+        description="run wave by wave: a ticket is claimable only when every ticket of the "
+        "waves before its own is finished",
+    )
     tickets: list[TicketSpec]
 
 
@@ -148,6 +167,13 @@ class Plan(BaseModel):
         "approved), failed (its design failed) or active (its tickets exist)",
     )
     error: str | None = Field(default=None, description="why its design failed, if it did")
+    strict_waves: bool = Field(default=False, description="whether it runs wave by wave")
+    integration_branch: str | None = Field(
+        default=None, description="where its work is merged; none: the repository's default"
+    )
+    checks: str | None = Field(
+        default=None, description="its check command; none: the repository's .swarm.toml"
+    )
 
 
 class TicketResult(BaseModel):
@@ -159,6 +185,25 @@ class TicketResult(BaseModel):
     branch: Text | None = Field(default=None, max_length=500)
     pull_request: Text | None = Field(default=None, max_length=2_000)
     cost_usd: Number = Field(default=0.0, ge=0, le=1e9)
+
+
+FixReason = Literal["conflict", "checks"]
+
+
+class FixRequest(BaseModel):
+    """Why a ticket's merged work was sent back, for the agent that fixes it: the conflicted
+    paths and git's account of them, or the failing checks' output, against ``base_sha`` of
+    the integration branch ``base``."""
+
+    reason: FixReason
+    base: str
+    base_sha: str
+    head_sha: str
+    conflicts: list[str] = Field(default_factory=list)
+    details: str = Field(default="", description="git's messages, or the checks' output")
+    command: str | None = Field(default=None, description="the check command that failed")
+    exit_code: int | None = None
+    timed_out: bool = False
 
 
 class Ticket(BaseModel):
@@ -187,6 +232,10 @@ class Ticket(BaseModel):
     updated_at: float
     last_error: str | None
     result: TicketResult | None
+    fix: FixRequest | None = Field(
+        default=None, description="set when its last merge conflicted or failed its checks"
+    )
+    wave: int = Field(default=0, description="its topological generation in the plan")
 
 
 class TicketUsage(BaseModel):
@@ -231,6 +280,9 @@ class PullRequest(DiffStats):
     state: Literal["open", "merged", "closed"]
     created_at: float
     updated_at: float
+    merge_sha: str | None = Field(default=None, description="the commit that merged it")
+    number: int | None = Field(default=None, description="its number on GitHub")
+    url: str | None = Field(default=None, description="its page on GitHub")
 
 
 class Lease(BaseModel):

@@ -156,10 +156,34 @@ def _v5_plan_status(tx: Tx) -> None:
         tx.execute(statement)
 
 
+def _v6_merge_queue(tx: Tx) -> None:
+    """The merge queue. A ticket whose branch arrived is ``merging`` until its work is in the
+    integration branch; a merge that conflicts or fails its checks sends the ticket back with a
+    ``fix`` (what went wrong, against which base). ``wave`` is the ticket's topological
+    generation, for strict-wave scheduling. A plan may name its integration branch and its check
+    command (else the repository's default branch and its ``.swarm.toml``). A pull request
+    keeps the commit that merged it and, on GitHub, its number and address."""
+    for statement in (
+        "ALTER TABLE tickets ADD COLUMN fix TEXT",
+        "ALTER TABLE tickets ADD COLUMN wave INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX tickets_merging ON tickets (plan_id, updated_at, id) WHERE state = 'merging'",
+        "CREATE INDEX tickets_unfinished_wave ON tickets (plan_id, wave) "
+        "WHERE state NOT IN ('done', 'dead', 'cancelled')",
+        "ALTER TABLE plans ADD COLUMN strict_waves INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE plans ADD COLUMN integration TEXT",
+        "ALTER TABLE plans ADD COLUMN checks TEXT",
+        "ALTER TABLE pull_requests ADD COLUMN merge_sha TEXT",
+        "ALTER TABLE pull_requests ADD COLUMN number INTEGER",
+        "ALTER TABLE pull_requests ADD COLUMN url TEXT",
+    ):
+        tx.execute(statement)
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial,
     _v2_usage,
     _v3_pull_requests,
     _v4_ticket_events,
     _v5_plan_status,
+    _v6_merge_queue,
 ]

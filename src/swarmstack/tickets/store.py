@@ -27,6 +27,7 @@ from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     DiffStats,
     Event,
+    FixRequest,
     Lease,
     Plan,
     PlanSpec,
@@ -44,10 +45,17 @@ from swarmstack.tokens import TokenStore
 TICKET_COLUMNS = (
     "id, plan_id, key, title, body, phase, depends_on, files, acceptance, covers, estimate, "
     "priority, rank, state, unmet, attempts, max_attempts, epoch, lease_agent, "
-    "lease_expires_at, retry_at, ready_at, updated_at, last_error, result"
+    "lease_expires_at, retry_at, ready_at, updated_at, last_error, result, fix, wave"
 )
 _JSON_LIST_COLUMNS = ("depends_on", "files", "acceptance", "covers")
 _LIVE_LEASE = "id = :id AND epoch = :epoch AND state = 'claimed' AND lease_expires_at > :now"
+_FINISHED = "('done', 'dead', 'cancelled')"
+# A ready ticket of a plan that runs wave by wave waits while an earlier wave is unfinished.
+_WAVE_OPEN = (
+    "NOT EXISTS (SELECT 1 FROM plans p WHERE p.id = tickets.plan_id AND p.strict_waves = 1 "
+    "AND EXISTS (SELECT 1 FROM tickets e WHERE e.plan_id = tickets.plan_id "
+    f"AND e.wave < tickets.wave AND e.state NOT IN {_FINISHED}))"
+)
 
 EventRow = tuple[str, int | None, int | None, dict[str, Any]]  # kind, plan, ticket, data
 
@@ -66,7 +74,7 @@ _PG_CLAIM = """
 WITH c AS (
     UPDATE tickets SET state = 'claimed', epoch = epoch + 1, attempts = attempts + 1,
         lease_agent = :agent, lease_expires_at = :exp, retry_at = NULL, updated_at = :now
-    WHERE id = (SELECT id FROM tickets WHERE state = 'ready' {scope}
+    WHERE id = (SELECT id FROM tickets WHERE state = 'ready' {scope} AND {wave_open}
                 ORDER BY rank DESC, priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED)
       AND state = 'ready'
     RETURNING {columns}
@@ -124,7 +132,18 @@ def _ticket(row: Row) -> Ticket:
     for column in _JSON_LIST_COLUMNS:
         row[column] = json.loads(row[column])
     row["result"] = json.loads(row["result"]) if row["result"] else None
+    row["fix"] = json.loads(row["fix"]) if row["fix"] else None
     return Ticket.model_validate(row)
+
+
+def fix_reason(fix: FixRequest) -> str:
+    """A fix request in one line: what a ticket's ``last_error`` says."""
+    if fix.reason == "conflict":
+        where = ", ".join(fix.conflicts) or "its changes"
+        return f"merging into {fix.base} conflicted in {where}"
+    if fix.timed_out:
+        return f"the checks timed out on the merge into {fix.base}"
+    return f"the checks failed on the merge into {fix.base} (exit code {fix.exit_code})"
 
 
 def _digest(payload: Any) -> str:
@@ -175,12 +194,14 @@ class TicketStore:
         self.clock = clock
         self.tokens = TokenStore(db, clock)
         self._subscribers: list[Callable[[Change], None]] = []
+        self._strict_plans: dict[int, bool] = {}
         self._claim_sql = {
             scoped: "UPDATE tickets SET state = 'claimed', epoch = epoch + 1, "
             "attempts = attempts + 1, lease_agent = :agent, lease_expires_at = :exp, "
             "retry_at = NULL, updated_at = :now "
             "WHERE id = (SELECT id FROM tickets WHERE state = 'ready'"
             + (" AND plan_id = :plan" if scoped else "")
+            + f" AND {_WAVE_OPEN}"
             + f" ORDER BY rank DESC, priority DESC, id LIMIT 1 {db.dialect.skip_locked}) "
             f"AND state = 'ready' RETURNING {TICKET_COLUMNS}"
             for scoped in (False, True)
@@ -188,7 +209,9 @@ class TicketStore:
         self._fused = db.dialect is POSTGRESQL
         self._pg_claim = {
             scoped: _PG_CLAIM.format(
-                scope="AND plan_id = :plan" if scoped else "", columns=TICKET_COLUMNS
+                scope="AND plan_id = :plan" if scoped else "",
+                wave_open=_WAVE_OPEN,
+                columns=TICKET_COLUMNS,
             )
             for scoped in (False, True)
         }
@@ -304,13 +327,13 @@ class TicketStore:
         return int(
             tx.scalar(
                 "INSERT INTO plans (title, description, created_at, spec, budget_usd, status, "
-                "design) VALUES (:t, :d, :c, :s, :b, :status, :design) RETURNING id",
+                "design, strict_waves, integration, checks) VALUES (:t, :d, :c, :s, :b, "
+                ":status, :design, :strict, :into, :checks) RETURNING id",
                 {
+                    **self._spec_columns(spec or PlanSpec(title=title, tickets=[])),
                     "t": title,
-                    "d": spec.description if spec else "",
-                    "c": self.clock(),
                     "s": spec.model_dump_json() if spec else _NO_SPEC,
-                    "b": spec.budget_usd if spec else None,
+                    "c": self.clock(),
                     "status": status,
                     "design": design,
                 },
@@ -329,11 +352,13 @@ class TicketStore:
         for a plan stored whole and for an approved draft); returns the ``ticket.ready``
         events of the tickets with no dependencies, which start ready."""
         now = self.clock()
+        wave_of = {key: n for n, wave in enumerate(graph.waves(spec)) for key in wave}
         tx.executemany(
             "INSERT INTO tickets (plan_id, key, title, body, phase, depends_on, files, "
             "acceptance, covers, estimate, priority, rank, state, unmet, max_attempts, "
-            "ready_at, updated_at) VALUES (:plan, :key, :title, :body, :phase, :deps, "
-            ":files, :acc, :covers, :est, :prio, :rank, :state, :unmet, :max, :ready, :now)",
+            "ready_at, updated_at, wave) VALUES (:plan, :key, :title, :body, :phase, :deps, "
+            ":files, :acc, :covers, :est, :prio, :rank, :state, :unmet, :max, :ready, :now, "
+            ":wave)",
             [
                 {
                     "plan": plan_id,
@@ -353,6 +378,7 @@ class TicketStore:
                     "max": max_attempts or self.max_attempts,
                     "ready": None if t.depends_on else now,
                     "now": now,
+                    "wave": wave_of[t.id],
                 }
                 for t in spec.tickets
             ],
@@ -379,7 +405,8 @@ class TicketStore:
         graph.require_valid(spec)
         with self.db.tx() as tx:
             hit = tx.scalar(
-                "UPDATE plans SET title = :t, description = :d, spec = :s, budget_usd = :b "
+                "UPDATE plans SET title = :t, description = :d, spec = :s, budget_usd = :b, "
+                "strict_waves = :strict, integration = :into, checks = :checks "
                 "WHERE id = :id AND status = 'draft' RETURNING id",
                 {**self._spec_columns(spec), "id": plan_id},
             )
@@ -421,6 +448,9 @@ class TicketStore:
             "d": spec.description,
             "s": spec.model_dump_json(),
             "b": spec.budget_usd,
+            "strict": int(spec.strict_waves),
+            "into": spec.integration_branch,
+            "checks": spec.checks,
         }
 
     @classmethod
@@ -482,7 +512,8 @@ class TicketStore:
         with self.db.tx() as tx:
             hit = tx.scalar(
                 "UPDATE plans SET status = 'draft', title = :t, description = :d, spec = :s, "
-                "budget_usd = :b WHERE id = :id AND status = 'designing' RETURNING id",
+                "budget_usd = :b, strict_waves = :strict, integration = :into, checks = :checks "
+                "WHERE id = :id AND status = 'designing' RETURNING id",
                 {**self._spec_columns(spec), "id": plan_id},
             )
             if hit is None:
@@ -534,6 +565,7 @@ class TicketStore:
         with self.db.read() as tx:
             row = tx.one(
                 "SELECT id, title, description, created_at, budget_usd, status, error, "
+                "strict_waves, integration AS integration_branch, checks, "
                 "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = :id) AS spent_usd "
                 "FROM plans WHERE id = :id",
                 {"id": plan_id},
@@ -541,6 +573,7 @@ class TicketStore:
             if row is None:
                 raise NotFound(f"no plan {plan_id}")
             counts = self._counts(tx, plan_id)
+        row["strict_waves"] = bool(row["strict_waves"])
         return Plan(**row, ticket_count=sum(counts.values()), counts=counts)
 
     def list_plans(self) -> list[Plan]:
@@ -697,11 +730,16 @@ class TicketStore:
                 raise self._why_stale(tx, ticket_id, epoch, now)
         return expires
 
-    def complete(self, ticket_id: int, epoch: int, result: TicketResult) -> Ticket:
+    def complete(
+        self, ticket_id: int, epoch: int, result: TicketResult, *, merge: bool = False
+    ) -> Ticket:
         """Finish a ticket under a live lease; dependents whose last dependency this was
-        become ready in the same transaction."""
+        become ready in the same transaction. With ``merge`` the agent's work is a branch to
+        merge: the ticket is ``merging`` until :meth:`merged` (or :meth:`send_back`)."""
         now = self.clock()
         request = {"op": "complete", **result.model_dump(mode="json")}
+        if merge:
+            return self._complete_to_merge(ticket_id, epoch, result, request, now)
         if self._fused:
             row = self.db.execute_once(
                 self._pg_complete,
@@ -718,6 +756,7 @@ class TicketStore:
                 became_ready = int(row.pop("became_ready"))
                 ticket = _ticket(row)
                 self._publish(became_ready)
+                self._open_next_wave(ticket.plan_id, ticket.wave)
                 return ticket
             with self.db.read() as tx:
                 return self._replay(tx, ticket_id, epoch, request, now)
@@ -732,30 +771,169 @@ class TicketStore:
                 return self._replay(tx, ticket_id, epoch, request, now)
             response = json.dumps(row)
             ticket = _ticket(row)
-            # SET expressions see the old row: unmet = 1 means this was the last dependency.
-            ready = [
-                r
-                for r in tx.all(
-                    "UPDATE tickets SET unmet = unmet - 1, state = CASE "
-                    "WHEN unmet = 1 AND state = 'pending' THEN 'ready' ELSE state END, "
-                    "ready_at = CASE WHEN unmet = 1 AND state = 'pending' "
-                    "THEN :now ELSE ready_at END, updated_at = :now "
-                    "WHERE id IN (SELECT ticket_id FROM deps WHERE depends_on_id = :id) "
-                    "RETURNING id, plan_id, state",
-                    {"now": now, "id": ticket_id},
-                )
-                if r["state"] == "ready"
-            ]
+            ready = self._release_dependents(tx, ticket_id, now)
             self._end_attempt(tx, ticket.id, epoch, "done", request, response, now)
-            self._append(
-                tx,
-                [
-                    ("ticket.done", ticket.plan_id, ticket.id, {"epoch": epoch}),
-                    *[("ticket.ready", r["plan_id"], r["id"], {}) for r in ready],
-                ],
-            )
+            self._append(tx, [("ticket.done", ticket.plan_id, ticket.id, {"epoch": epoch}), *ready])
         self._publish(len(ready))
+        self._open_next_wave(ticket.plan_id, ticket.wave)
         return ticket
+
+    @staticmethod
+    def _release_dependents(tx: Tx, ticket_id: int, now: float) -> list[EventRow]:
+        """One dependency fewer for each dependent of a ticket that is now done; returns the
+        ``ticket.ready`` events of those whose last dependency it was."""
+        # SET expressions see the old row: unmet = 1 means this was the last dependency.
+        rows = tx.all(
+            "UPDATE tickets SET unmet = unmet - 1, state = CASE "
+            "WHEN unmet = 1 AND state = 'pending' THEN 'ready' ELSE state END, "
+            "ready_at = CASE WHEN unmet = 1 AND state = 'pending' "
+            "THEN :now ELSE ready_at END, updated_at = :now "
+            "WHERE id IN (SELECT ticket_id FROM deps WHERE depends_on_id = :id) "
+            "RETURNING id, plan_id, state",
+            {"now": now, "id": ticket_id},
+        )
+        return [("ticket.ready", r["plan_id"], r["id"], {}) for r in rows if r["state"] == "ready"]
+
+    def _complete_to_merge(
+        self, ticket_id: int, epoch: int, result: TicketResult, request: Any, now: float
+    ) -> Ticket:
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = 'merging', lease_expires_at = NULL, "
+                "result = :result, last_error = NULL, updated_at = :now "
+                f"WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
+                {"result": result.model_dump_json(), "now": now, "id": ticket_id, "epoch": epoch},
+            )
+            if row is None:
+                return self._replay(tx, ticket_id, epoch, request, now)
+            response = json.dumps(row)
+            ticket = _ticket(row)
+            self._end_attempt(tx, ticket.id, epoch, "merging", request, response, now)
+            data = {"epoch": epoch, "branch": result.branch}
+            self._append(tx, [("ticket.merging", ticket.plan_id, ticket.id, data)])
+        self._publish(0)
+        return ticket
+
+    # -- the merge queue ---------------------------------------------------------------------
+
+    def merging(self, plan_id: int | None = None) -> list[Ticket]:
+        """The merge queue: tickets whose branches wait to be merged, first come first served
+        (each one's dependencies are merged already: it could not be claimed before)."""
+        where = "AND plan_id = :plan " if plan_id is not None else ""
+        with self.db.read() as tx:
+            rows = tx.all(
+                f"SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'merging' {where}"
+                "ORDER BY updated_at, id",
+                {"plan": plan_id},
+            )
+        return [_ticket(r) for r in rows]
+
+    def merged(self, ticket_id: int, *, sha: str, how: str) -> Ticket:
+        """The ticket's work is in the integration branch (at ``sha``): it is done, and its
+        dependents whose last dependency it was become ready."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE tickets SET state = 'done', fix = NULL, updated_at = :now "
+                f"WHERE id = :id AND state = 'merging' RETURNING {TICKET_COLUMNS}",
+                {"now": now, "id": ticket_id},
+            )
+            if row is None:
+                raise self._not_merging(tx, ticket_id)
+            ticket = _ticket(row)
+            ready = self._release_dependents(tx, ticket_id, now)
+            tx.execute(
+                "UPDATE pull_requests SET state = 'merged', merge_sha = :sha, updated_at = :now "
+                "WHERE ticket_id = :id",
+                {"sha": sha, "now": now, "id": ticket_id},
+            )
+            events: list[EventRow] = [
+                ("ticket.merged", ticket.plan_id, ticket.id, {"sha": sha, "how": how}),
+                ("ticket.done", ticket.plan_id, ticket.id, {"epoch": ticket.epoch}),
+                *ready,
+            ]
+            self._append(tx, events)
+        self._publish(len(ready))
+        self._open_next_wave(ticket.plan_id, ticket.wave)
+        return ticket
+
+    def send_back(self, ticket_id: int, fix: FixRequest) -> Ticket:
+        """Its merge conflicted or failed the checks: the ticket is ready again for a fix
+        attempt on its own branch, told what went wrong, or dead — needing a person — when
+        its attempts are spent."""
+        now = self.clock()
+        reason = fix_reason(fix)
+        with self.db.tx() as tx:
+            current = tx.one(
+                "SELECT attempts, max_attempts FROM tickets WHERE id = :id AND state = 'merging' "
+                + tx.dialect.for_update,
+                {"id": ticket_id},
+            )
+            if current is None:
+                raise self._not_merging(tx, ticket_id)
+            dead = int(current["attempts"]) >= int(current["max_attempts"])
+            row = tx.one(
+                "UPDATE tickets SET state = :state, fix = :fix, last_error = :reason, "
+                "ready_at = CASE WHEN :dead = 1 THEN ready_at ELSE :now END, updated_at = :now "
+                f"WHERE id = :id AND state = 'merging' RETURNING {TICKET_COLUMNS}",
+                {
+                    "state": "dead" if dead else "ready",
+                    "fix": fix.model_dump_json(),
+                    "reason": reason,
+                    "dead": int(dead),
+                    "now": now,
+                    "id": ticket_id,
+                },
+            )
+            assert row is not None  # locked above
+            ticket = _ticket(row)
+            what = {
+                **fix.model_dump(include={"base", "base_sha", "head_sha", "conflicts"}),
+                "details": fix.details[-4_000:],
+                "exit_code": fix.exit_code,
+                "timed_out": fix.timed_out,
+            }
+            events: list[EventRow] = [(f"merge.{fix.reason}", ticket.plan_id, ticket.id, what)]
+            if dead:
+                attention = {"reason": reason, "attention": True, "attempts": ticket.attempts}
+                events.append(("ticket.dead", ticket.plan_id, ticket.id, attention))
+            else:
+                events.append(("ticket.ready", ticket.plan_id, ticket.id, {"fix": fix.reason}))
+            self._append(tx, events)
+        self._publish(0 if dead else 1)
+        if dead:
+            self._open_next_wave(ticket.plan_id, ticket.wave)
+        return ticket
+
+    def _not_merging(self, tx: Tx, ticket_id: int) -> SwarmError:
+        ticket = self._ticket_in(tx, ticket_id)
+        return Conflict(f"ticket {ticket_id} is {ticket.state}, not merging")
+
+    # -- strict waves ------------------------------------------------------------------------
+
+    def _strict(self, plan_id: int) -> bool:
+        """Whether a plan runs wave by wave (fixed when it is made, so remembered)."""
+        strict = self._strict_plans.get(plan_id)
+        if strict is None:
+            with self.db.read() as tx:
+                value = tx.scalar("SELECT strict_waves FROM plans WHERE id = :id", {"id": plan_id})
+            strict = self._strict_plans[plan_id] = bool(value)
+        return strict
+
+    def _open_next_wave(self, plan_id: int, wave: int) -> None:
+        """In a plan run wave by wave, the last ticket of a wave to finish lets the ready
+        tickets of the next be claimed: wake as many claimers."""
+        if not self._strict(plan_id):
+            return
+        with self.db.read() as tx:
+            row = tx.one(
+                "SELECT (SELECT COUNT(*) FROM tickets WHERE plan_id = :p AND wave = :w "
+                f"AND state NOT IN {_FINISHED}) AS open, (SELECT COUNT(*) FROM tickets "
+                "WHERE plan_id = :p AND state = 'ready') AS ready",
+                {"p": plan_id, "w": wave},
+            )
+        if row is not None and int(row["open"]) == 0 and int(row["ready"]) > 0:
+            self._publish(int(row["ready"]))
 
     def fail(self, ticket_id: int, epoch: int, reason: str, *, retryable: bool = True) -> Ticket:
         """Give a ticket up under a live lease: back to ready after a backoff, or dead."""
@@ -793,6 +971,8 @@ class TicketStore:
             data = {"epoch": epoch, "reason": reason, "retry_at": ticket.retry_at}
             self._append(tx, [(f"ticket.{ticket.state.value}", ticket.plan_id, ticket.id, data)])
         self._publish(0)
+        if ticket.state is TicketState.DEAD:
+            self._open_next_wave(ticket.plan_id, ticket.wave)
         return ticket
 
     def release(self, ticket_id: int, epoch: int, reason: str) -> Ticket:
@@ -1144,6 +1324,7 @@ class TicketStore:
             )
             self._append(tx, [("ticket.cancelled", ticket.plan_id, ticket.id, {"reason": reason})])
         self._publish(0)
+        self._open_next_wave(ticket.plan_id, ticket.wave)
         return ticket
 
     def retry(self, ticket_id: int) -> Ticket:
@@ -1186,7 +1367,7 @@ class TicketStore:
                 "lease_agent = NULL, lease_expires_at = NULL, updated_at = :now, "
                 "last_error = 'lease expired' "
                 "WHERE state = 'claimed' AND lease_expires_at <= :now "
-                "RETURNING id, plan_id, epoch, state",
+                "RETURNING id, plan_id, epoch, state, wave",
                 {"now": now},
             )
             promoted = tx.all(
@@ -1222,4 +1403,7 @@ class TicketStore:
             )
         if events:
             self._publish(len(result.expired) + len(result.promoted))
+        for r in expired:
+            if r["state"] == "dead":
+                self._open_next_wave(int(r["plan_id"]), int(r["wave"]))
         return result

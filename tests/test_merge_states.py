@@ -1,0 +1,142 @@
+"""The merge queue's states in the store: ``merging`` until the work is in the integration
+branch, a fix attempt when it conflicts or fails its checks, dead after the last attempt; and
+strict waves. Run against SQLite and PostgreSQL alike (the ``store`` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmstack.errors import Conflict
+from swarmstack.tickets.models import FixRequest, TicketResult, TicketState
+from swarmstack.tickets.store import TicketStore
+from test_store import diamond, ids, plan, t
+
+MERGING, READY, DONE, DEAD = (
+    TicketState.MERGING,
+    TicketState.READY,
+    TicketState.DONE,
+    TicketState.DEAD,
+)
+BRANCH = TicketResult(summary="did it", branch="swarm/1")
+
+
+def conflict(base_sha: str = "b" * 40) -> FixRequest:
+    return FixRequest(
+        reason="conflict",
+        base="main",
+        base_sha=base_sha,
+        head_sha="h" * 40,
+        conflicts=["src/app.py"],
+        details="CONFLICT (content): Merge conflict in src/app.py",
+    )
+
+
+def kinds(store: TicketStore, ticket_id: int) -> list[str]:
+    return [e.kind for e in store.events_after(0, limit=10_000) if e.ticket_id == ticket_id]
+
+
+def test_a_branch_is_merging_until_merged_and_only_then_frees_its_dependents(
+    store: TicketStore,
+) -> None:
+    p = store.create_plan(diamond())
+    key = ids(store, p.id)
+    lease = store.claim("a1")
+    assert lease is not None and lease.ticket.key == "A"
+    merging = store.complete(lease.ticket.id, lease.epoch, BRANCH, merge=True)
+    assert merging.state is MERGING and merging.result == BRANCH
+    # The same completion again (a lost response) is answered alike.
+    assert store.complete(lease.ticket.id, lease.epoch, BRANCH, merge=True).state is MERGING
+    assert store.claim("a2") is None  # B and C wait for A's merge, not its completion
+    assert [x.key for x in store.merging(p.id)] == ["A"]
+    assert store.get_plan(p.id).counts["merging"] == 1
+
+    done = store.merged(key["A"], sha="c" * 40, how="merge")
+    assert done.state is DONE and done.fix is None
+    ready = {x.key for x in store.list_tickets(plan_id=p.id) if x.state is READY}
+    assert ready == {"B", "C"}
+    assert store.merging(p.id) == []
+    assert kinds(store, key["A"])[-3:] == ["ticket.merging", "ticket.merged", "ticket.done"]
+    with pytest.raises(Conflict, match="is done, not merging"):
+        store.merged(key["A"], sha="c" * 40, how="merge")
+
+
+def test_a_conflict_sends_the_ticket_back_as_a_fix_attempt_then_dead_needing_attention(
+    store: TicketStore,
+) -> None:
+    store.create_plan(plan(t("A")))
+    for attempt in (1, 2, 3):
+        lease = store.claim("a1")
+        assert lease is not None and lease.ticket.attempts == attempt
+        if attempt > 1:  # the agent is told what went wrong
+            assert lease.ticket.fix is not None and lease.ticket.fix.conflicts == ["src/app.py"]
+        store.complete(lease.ticket.id, lease.epoch, BRANCH, merge=True)
+        back = store.send_back(lease.ticket.id, conflict())
+        assert back.last_error == "merging into main conflicted in src/app.py"
+        assert back.state is (DEAD if attempt == 3 else READY)
+    events = [e for e in store.events_after(0, limit=1000) if e.ticket_id == back.id]
+    assert [e.kind for e in events].count("merge.conflict") == 3
+    dead = events[-1]
+    assert dead.kind == "ticket.dead" and dead.data["attention"] is True
+    assert store.claim("a1") is None
+    retried = store.retry(back.id)  # a person looked: the fix is kept for the next agent
+    assert retried.state is READY and retried.fix is not None
+
+
+def test_failing_checks_say_the_command_and_exit_code(store: TicketStore) -> None:
+    store.create_plan(plan(t("A")))
+    lease = store.claim("a1")
+    assert lease is not None
+    store.complete(lease.ticket.id, lease.epoch, BRANCH, merge=True)
+    fix = FixRequest(
+        reason="checks",
+        base="main",
+        base_sha="b" * 40,
+        head_sha="h" * 40,
+        details="FAILED (failures=1)",
+        command="python3 -m unittest",
+        exit_code=1,
+    )
+    back = store.send_back(lease.ticket.id, fix)
+    assert back.state is READY and back.fix == fix
+    assert back.last_error == "the checks failed on the merge into main (exit code 1)"
+    with pytest.raises(Conflict, match="is ready, not merging"):
+        store.send_back(lease.ticket.id, fix)
+
+
+def test_strict_waves_hold_the_next_wave_until_the_last_one_is_finished(
+    store: TicketStore,
+) -> None:
+    # Wave 0: A (long) and B; wave 1: C after B. C is ready once B is done, but strict waves
+    # hold it until A is finished too.
+    spec = plan(t("A", estimate=5), t("B"), t("C", ["B"])).model_copy(update={"strict_waves": True})
+    p = store.create_plan(spec)
+    assert store.get_plan(p.id).strict_waves is True
+    waves = {x.key: x.wave for x in store.list_tickets(plan_id=p.id)}
+    assert waves == {"A": 0, "B": 0, "C": 1}
+    woken: list[int] = []
+    store.subscribe(lambda change: woken.append(change.ready))
+    a, b = store.claim("a1"), store.claim("a2")
+    assert a is not None and b is not None and {a.ticket.key, b.ticket.key} == {"A", "B"}
+    if a.ticket.key == "B":
+        a, b = b, a
+    store.complete(b.ticket.id, b.epoch, TicketResult())
+    assert store.claim("a2") is None  # C is ready but wave 0 is not finished
+    woken.clear()
+    store.complete(a.ticket.id, a.epoch, TicketResult())
+    assert max(woken) >= 1  # the claimers waiting for C are woken
+    c = store.claim("a2")
+    assert c is not None and c.ticket.key == "C"
+
+
+def test_without_strict_waves_a_ticket_runs_as_soon_as_its_dependencies_are_done(
+    store: TicketStore,
+) -> None:
+    spec = plan(t("A", estimate=5), t("B"), t("C", ["B"]))
+    store.create_plan(spec)
+    a, b = store.claim("a1"), store.claim("a2")
+    assert a is not None and b is not None
+    if a.ticket.key == "B":
+        a, b = b, a
+    store.complete(b.ticket.id, b.epoch, TicketResult())
+    c = store.claim("a2")
+    assert c is not None and c.ticket.key == "C"
