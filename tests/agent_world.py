@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ from swarmstack.api import create_app
 from swarmstack.bench.e2e import sample_repo as make_repo
 from swarmstack.client import SwarmClient
 from swarmstack.config import Settings
+from swarmstack.forge.local import LocalForge
 from swarmstack.llm.scripted import ScriptedModel, load_script
 from swarmstack.llm.scripted import create_app as scripted_app
 from swarmstack.sandbox.base import Backend
 from swarmstack.threaded import ThreadedServer
-from swarmstack.tickets.models import Event, PlanSpec, Ticket
+from swarmstack.tickets.models import Event, PlanSpec, Ticket, TicketState
 from swarmstack.tickets.store import TicketStore
 
 CANARY_KEY = "sk-ant-api03-CANARY-ANTHROPIC-7c41e09b"
@@ -60,6 +62,18 @@ class SwarmWorld:
 
     def ticket(self, key: str) -> Ticket:
         return self.store.find_ticket(self.plan_id, key)
+
+    def settled(self, key: str, timeout_s: float = 60.0) -> Ticket:
+        """The ticket once the merge queue is done with it (it is merging until then)."""
+        deadline = time.monotonic() + timeout_s
+        ticket = self.ticket(key)
+        while ticket.state is TicketState.MERGING and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ticket = self.ticket(key)
+        return ticket
+
+    def branch_sha(self, branch: str) -> str:
+        return LocalForge(self.settings.repos_dir).sha(self.plan_id, branch)
 
     def events(self, ticket_id: int | None = None) -> list[Event]:
         events = self.store.events_after(0, limit=100_000)

@@ -98,18 +98,20 @@ TOOLS = ["Read", "Write", "Write", "Bash"]
 
 
 def assert_ticket_implemented(world: SwarmWorld, key: str = "T-1", tools: Any = TOOLS) -> None:
-    ticket = world.ticket(key)
+    ticket = world.settled(key)
     assert ticket.state is TicketState.DONE, ticket.last_error
     assert ticket.result is not None and "mul()" in ticket.result.summary
     assert ticket.result.branch == f"swarm/{ticket.id}"
     pull = world.admin.get_pull(ticket.id)
-    assert (pull.base, pull.head, pull.state) == ("main", f"swarm/{ticket.id}", "open")
+    assert (pull.base, pull.head, pull.state) == ("main", f"swarm/{ticket.id}", "merged")
+    # Done means merged: the integration branch is the commit that merged the branch.
+    assert pull.merge_sha == world.branch_sha("main")
     added = MUL.count("\n") - SAMPLE_FILES["calc.py"].count("\n") + TEST_MUL.count("\n")
     assert (pull.files_changed, pull.insertions, pull.deletions) == (2, added, 0)
     diff = world.admin.pull_diff(ticket.id)
     assert "+def mul(a, b):" in diff and "+class MulTest" in diff
     kinds = [e.kind for e in world.events(ticket.id)]
-    assert "pr.opened" in kinds and kinds[-1] in ("ticket.done", "pr.opened")
+    assert "pr.opened" in kinds and kinds.index("ticket.merging") < kinds.index("ticket.merged")
     # The log holds the agent's tool calls and what they printed: the suite ran and passed.
     log = [
         e

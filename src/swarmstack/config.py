@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         default=32, ge=1, le=4096, description="sandboxes the VM API keeps alive at once"
     )
 
+    merge_queue: bool = Field(
+        default=True,
+        description="merge each ticket's branch into its plan's integration branch, after the "
+        "checks pass on the merged tree, before the ticket counts as done",
+    )
+    checks_timeout_s: float = Field(
+        default=900.0, gt=0, le=24 * 3600, description="how long a merge's checks may run"
+    )
+
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("SWARM_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),

@@ -186,8 +186,13 @@ class Runner:
             session.log("status", {"text": f"claimed by {self.config.agent}", "epoch": lease.epoch})
             context = self.api.context(lease)
             if context.repository:
-                workspace = Workspace.clone(self.config.api_url, lease, self._workspace_path(lease))
+                workspace = Workspace.clone(
+                    self.config.api_url, lease, self._workspace_path(lease), base=context.base
+                )
                 session.log("status", {"text": "workspace cloned", "base": workspace.base_sha})
+                if workspace.conflicted:
+                    conflicted = {"text": "merged the base: conflicts to resolve"}
+                    session.log("status", {**conflicted, "conflicts": workspace.conflicted})
             else:
                 workspace = Workspace.empty(lease, self._workspace_path(lease))
             task = Task(
@@ -236,6 +241,10 @@ class Runner:
             return session.end_failed(reason, result.retryable, started, model_s)
         ticket = session.lease.ticket
         branch = None
+        left = workspace.markers_left(workspace.conflicted)
+        if left:
+            reason = f"conflict markers are left in {', '.join(left)}"
+            return session.end_failed(reason, True, started, model_s)
         if workspace.remote:
             message = f"{ticket.key}: {ticket.title}".strip(": ")
             summary = result.summary.strip()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
-from swarmstack.tickets.models import Ticket
+from swarmstack.tickets.models import FixRequest, Ticket
 
 # What a log entry is about; each becomes an ``agent.<kind>`` event of the ticket.
 LogKind = Literal["message", "tool_call", "tool_result", "output", "status", "error"]
@@ -63,9 +63,17 @@ class Task:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for agent processes
 
     def prompt(self) -> str:
-        """The ticket as instructions for a coding agent."""
+        """The ticket as instructions for a coding agent; a fix attempt says first what went
+        wrong when its work was merged."""
         t = self.ticket
-        parts = [f"You are implementing ticket {t.key} of the plan {self.plan_title!r}."]
+        if t.fix is not None:
+            parts = [
+                f"You are fixing ticket {t.key} of the plan {self.plan_title!r}: attempt "
+                f"{t.attempts}. Its work is done but could not be merged.",
+                fix_instructions(t.fix),
+            ]
+        else:
+            parts = [f"You are implementing ticket {t.key} of the plan {self.plan_title!r}."]
         if self.plan_description.strip():
             parts.append(f"About the plan:\n{self.plan_description.strip()}")
         parts.append(f"Ticket {t.key}: {t.title}".rstrip())
@@ -86,6 +94,35 @@ class Task:
             "commit or push: that is done for you."
         )
         return "\n\n".join(parts)
+
+
+def fix_instructions(fix: FixRequest) -> str:
+    """What a fix attempt's agent is told about the merge that went wrong."""
+    base = f"`{fix.base}` (at {fix.base_sha[:12]})"
+    if fix.reason == "conflict":
+        paths = "\n".join(f"- {p}" for p in fix.conflicts) or "- (git named none)"
+        text = (
+            f"Merging this ticket's branch into {base} conflicted. The workspace holds the "
+            f"ticket's branch with {fix.base} merged into it, and git's conflict markers "
+            f"(<<<<<<<, =======, >>>>>>>) in these files:\n{paths}\n\nResolve every "
+            "conflict so that both sides' intent is kept, remove the markers, and run the "
+            "tests. Do not commit: the merge is concluded for you."
+        )
+        if fix.details.strip():
+            text += f"\n\nWhat git said:\n{clip(fix.details.strip(), 4_000)}"
+        return text
+    if fix.reason == "checks":
+        how = "timed out" if fix.timed_out else f"failed with exit code {fix.exit_code}"
+        return (
+            f"After merging into {base} the repository's checks (`{fix.command}`) {how}. The "
+            f"workspace holds the ticket's branch with {fix.base} merged into it. Make the "
+            "checks pass without weakening them, and run them.\n\nThe end of their "
+            f"output:\n{clip(fix.details.strip(), 8_000)}"
+        )
+    return (
+        f"The merge into {base} could not be made: {fix.details.strip()}. The workspace "
+        f"starts from {fix.base}; do the ticket's work again."
+    )
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmstack.errors import SwarmError
@@ -53,22 +53,32 @@ class Workspace:
     remote: str
     lease: Lease
     base_sha: str = ""
+    conflicted: list[str] = field(default_factory=list)  # a fix attempt's, for its agent
 
     @property
     def branch(self) -> str:
         return f"swarm/{self.lease.ticket.id}"
 
     @classmethod
-    def clone(cls, api_url: str, lease: Lease, path: Path) -> Workspace:
-        """A fresh clone of the plan's repository at its default branch, on the ticket's
-        branch ``swarm/<ticket id>``."""
+    def clone(cls, api_url: str, lease: Lease, path: Path, *, base: str | None = None) -> Workspace:
+        """A fresh clone of the plan's repository at ``base`` (default: its default branch),
+        on the ticket's branch ``swarm/<ticket id>``. For a fix attempt the branch is the
+        one the last attempt pushed, with ``base`` as it is now merged into it: conflicted
+        files hold git's markers for the agent to resolve, and the merge is concluded when
+        the runner commits."""
         if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         remote = f"{api_url.rstrip('/')}/git/plan-{lease.ticket.plan_id}.git"
         ws = cls(path, remote, lease)
-        ws.git("clone", "--quiet", "--no-tags", remote, str(path), cwd=path.parent)
-        ws.git("checkout", "--quiet", "-B", ws.branch)
+        at = ["--branch", base] if base else []
+        ws.git("clone", "--quiet", "--no-tags", *at, remote, str(path), cwd=path.parent)
+        fix = lease.ticket.fix
+        if fix is not None and ws._has_remote_branch():
+            ws.git("checkout", "--quiet", "-B", ws.branch, f"origin/{ws.branch}")
+            ws.conflicted = ws.merge_in(f"origin/{fix.base}")
+        else:
+            ws.git("checkout", "--quiet", "-B", ws.branch)
         # Caches the agent's test runs leave are not part of its change.
         exclude = path / ".git" / "info" / "exclude"
         exclude.parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +95,36 @@ class Workspace:
         path.mkdir(parents=True)
         return cls(path, "", lease)
 
+    def _has_remote_branch(self) -> bool:
+        return bool(self.git("branch", "--remotes", "--list", f"origin/{self.branch}").strip())
+
+    def merge_in(self, ref: str) -> list[str]:
+        """Merge ``ref`` into the work tree without committing; the paths left conflicted."""
+        done = self._run(["merge", "--no-ff", "--no-commit", "--no-edit", ref])
+        if done.returncode != 0 and "CONFLICT" not in done.stdout + done.stderr:
+            words = (done.stderr or done.stdout).strip()
+            raise GitError(f"git merge failed: {words[-2000:]}")
+        out = self.git("diff", "--name-only", "--diff-filter=U")
+        return [line for line in out.splitlines() if line]
+
+    def markers_left(self, paths: list[str]) -> list[str]:
+        """Those of ``paths`` that still hold a conflict marker line."""
+        left = []
+        for name in paths:
+            try:
+                text = (self.path / name).read_text(errors="replace")
+            except OSError:
+                continue  # deleted or never there: nothing of the conflict is left in it
+            lines = text.splitlines()
+            if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in lines):
+                left.append(name)
+        return left
+
     def commit(self, message: str, *, author: str = "Swarm agent") -> bool:
         """Commit everything the agent changed; False when it changed nothing."""
         self.git("add", "--all")
-        if not self.git("status", "--porcelain").strip():
+        merging = (self.path / ".git" / "MERGE_HEAD").exists()
+        if not merging and not self.git("status", "--porcelain").strip():
             return False
         email = "agent@swarm.invalid"
         self.git(
@@ -107,6 +143,13 @@ class Workspace:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def git(self, *args: str, cwd: Path | None = None) -> str:
+        done = self._run(list(args), cwd=cwd)
+        if done.returncode != 0:
+            words = (done.stderr or done.stdout).strip().replace(self.lease.token, "<lease>")
+            raise GitError(f"git {args[0]} failed: {words[-2000:]}")
+        return done.stdout
+
+    def _run(self, args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             "GIT_TERMINAL_PROMPT": "0",
@@ -116,7 +159,7 @@ class Workspace:
             "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {self.lease.token}",
         }
         try:
-            done = subprocess.run(
+            return subprocess.run(
                 ["git", *_HARDENED, *args],
                 cwd=cwd or self.path,
                 env=env,
@@ -127,7 +170,3 @@ class Workspace:
             )
         except subprocess.TimeoutExpired:
             raise GitError(f"git {args[0]} took longer than {GIT_TIMEOUT_S:g}s") from None
-        if done.returncode != 0:
-            words = (done.stderr or done.stdout).strip().replace(self.lease.token, "<lease>")
-            raise GitError(f"git {args[0]} failed: {words[-2000:]}")
-        return done.stdout

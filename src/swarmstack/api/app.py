@@ -88,6 +88,18 @@ def create_app(
         else:
             state.store.subscribe(state.waker.on_change)
         sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
+        if state.settings.merge_queue:
+            from swarmstack.forge.local import LocalForge
+            from swarmstack.forge.queue import MergeQueue
+
+            state.merge_queue = MergeQueue(
+                state.store,
+                LocalForge(state.settings.repos_dir),
+                state.sandboxes.backend,
+                call=state.call,
+                checks_timeout_s=state.settings.checks_timeout_s,
+            )
+            state.merge_queue.start()
         # Everything made so far lives as long as the app: keep it out of the collector's
         # full passes, which would otherwise pause every request for tens of milliseconds.
         gc.collect()
@@ -98,6 +110,8 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if state.merge_queue is not None:
+                await state.merge_queue.close()
             if listener is not None:
                 listener.stop()
             await state.sandboxes.close()

@@ -32,7 +32,7 @@ from swarmstack.api.state import AppState, require_claimer, require_ticket_acces
 from swarmstack.api.workers import Priority
 from swarmstack.auth import Principal, TokenKind
 from swarmstack.errors import NotFound, StaleLease
-from swarmstack.tickets.models import Lease, Ticket
+from swarmstack.tickets.models import Lease, Plan, Ticket
 
 router = APIRouter(prefix="/v1", tags=["agents"])
 _TICKET = {"ticket_id": MAX_ID}
@@ -135,15 +135,38 @@ async def complete(request: Request) -> Response:
     """Finish the ticket. Repeating the same completion returns the same answer."""
     body = await lean.body(request, CompleteRequest)
     state, ticket_id = await _lease_write(request, body.epoch)
+    merge = bool(body.result.branch) and await _branch_arrived(state, ticket_id)
     try:
-        ticket = await state.call(state.store.complete, ticket_id, body.epoch, body.result)
+        ticket = await state.call(
+            state.store.complete, ticket_id, body.epoch, body.result, merge=merge
+        )
     except StaleLease:
         state.metrics.lease_writes.labels("complete", "stale").inc()
         raise
     state.metrics.lease_writes.labels("complete", "ok").inc()
     if body.result.branch:
         await _open_pull_request(state, ticket)
+    if merge:
+        state.merge_queue.wake()
     return _json(ticket)
+
+
+async def _branch_arrived(state: AppState, ticket_id: int) -> bool:
+    """Whether a completion goes through the merge queue: there is one, the ticket's plan has
+    a repository in the forge and the ticket's branch is in it."""
+    from swarmstack.forge.local import LocalForge, ticket_branch
+
+    if state.merge_queue is None:
+        return False
+    ticket = await state.call(state.store.get_ticket, ticket_id)
+    forge = LocalForge(state.settings.repos_dir)
+    if not forge.has_repo(ticket.plan_id):
+        return False
+    try:
+        await asyncio.to_thread(forge.sha, ticket.plan_id, ticket_branch(ticket_id))
+    except NotFound:
+        return False
+    return True
 
 
 @router.post(
@@ -222,6 +245,7 @@ async def context(request: Request) -> Response:
         for d in deps
     ]
     repository = LocalForge(state.settings.repos_dir).has_repo(ticket.plan_id)
+    base = await _integration_branch(state, plan) if repository else None
     return _json(
         TicketContext(
             ticket=ticket,
@@ -229,8 +253,19 @@ async def context(request: Request) -> Response:
             plan_description=plan.description,
             dependencies=infos,
             repository=repository,
+            base=base,
         )
     )
+
+
+async def _integration_branch(state: AppState, plan: Plan) -> str:
+    """Where the plan's work goes: made from the default branch when the plan names a branch
+    the repository does not have yet."""
+    from swarmstack.forge.local import LocalForge
+    from swarmstack.forge.queue import integration_branch
+
+    forge = LocalForge(state.settings.repos_dir)
+    return await asyncio.to_thread(integration_branch, forge, plan)
 
 
 async def _open_pull_request(state: AppState, ticket: Ticket) -> None:
@@ -243,8 +278,11 @@ async def _open_pull_request(state: AppState, ticket: Ticket) -> None:
     forge = LocalForge(state.settings.repos_dir)
     if not forge.has_repo(ticket.plan_id):
         return
+    plan = await state.call(state.store.get_plan, ticket.plan_id)
+    head = ticket_branch(ticket.id)
     try:  # git runs in a thread; the store is called the way every route calls it
-        stats = await asyncio.to_thread(forge.stats, ticket.plan_id, ticket_branch(ticket.id))
+        base = await _integration_branch(state, plan)
+        stats = await asyncio.to_thread(forge.stats, ticket.plan_id, head, base)
     except (NotFound, GitFailed) as exc:
         await state.call(state.store.note, "pr.missing", ticket, {"reason": exc.message})
         return

@@ -98,6 +98,11 @@ class TicketContext(BaseModel):
     plan_description: str
     dependencies: list[DependencyInfo]
     repository: bool = Field(description="whether the forge holds the plan's repository")
+    base: str | None = Field(
+        default=None,
+        description="the branch the ticket's work starts from and is merged into (the plan's "
+        "integration branch); none without a repository",
+    )
 
 
 class CancelRequest(BaseModel):

@@ -46,6 +46,7 @@ class AppState:
     _workers: Workers | None = None  # made on first use (PostgreSQL only)
     gateway: Any = None  # the LLM gateway's upstream client (routes_llm.Gateway), on first use
     designs: Any = None  # the running design tasks (designs.Designs), on first use
+    merge_queue: Any = None  # the merge queue (forge.queue.MergeQueue) while the app runs
 
     async def call(
         self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.WRITE, **kwargs: Any

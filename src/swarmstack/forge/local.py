@@ -68,9 +68,10 @@ class LocalForge:
             raise NotFound(f"the forge has no branch {branch} for plan {plan_id}") from None
         return out.decode().strip()
 
-    def stats(self, plan_id: int, head: str) -> DiffStats:
-        """What ``head`` changes against the default branch, since they parted."""
-        base = self.default_branch(plan_id)
+    def stats(self, plan_id: int, head: str, base: str | None = None) -> DiffStats:
+        """What ``head`` changes against ``base`` (default: the default branch), since they
+        parted."""
+        base = base or self.default_branch(plan_id)
         base_sha, head_sha = self.sha(plan_id, base), self.sha(plan_id, head)
         out = hostgit.run(
             "diff", "--numstat", "--no-ext-diff", "--no-textconv", "--no-renames",

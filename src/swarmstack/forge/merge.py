@@ -57,11 +57,21 @@ def merge(repo: Path, *, into: str, branch: str, message: str) -> MergeResult:
     Raises :class:`Conflict` when ``into`` moved while this merge ran (merge again), and
     :class:`~swarmstack.forge.hostgit.GitFailed` when git itself fails.
     """
+    result = prepare(repo, into=into, branch=branch, message=message)
+    if result.merged:
+        land(repo, into, result)
+    return result
+
+
+def prepare(repo: Path, *, into: str, branch: str, message: str) -> MergeResult:
+    """What merging ``branch`` into ``into`` makes, without moving ``into``: the commit
+    ``into`` would point at (a new merge commit, ``branch`` itself for a fast-forward, ``into``
+    itself when already merged), or the conflicts. The merge queue checks that commit before
+    it lands it with :func:`land`."""
     base, head = _rev(repo, f"refs/heads/{into}"), _rev(repo, f"refs/heads/{branch}")
     if _is_ancestor(repo, head, base):
         return MergeResult(True, base, head, sha=base, how="already merged")
     if _is_ancestor(repo, base, head):
-        _move(repo, into, head, base)
         return MergeResult(True, base, head, sha=head, how="fast-forward")
     code, out, err = hostgit.run_status(
         "merge-tree", "--write-tree", "--name-only", "--messages", base, head, cwd=repo,
@@ -78,8 +88,16 @@ def merge(repo: Path, *, into: str, branch: str, message: str) -> MergeResult:
         .decode()
         .strip()
     )
-    _move(repo, into, commit, base)
     return MergeResult(True, base, head, sha=commit, how="merge")
+
+
+def land(repo: Path, into: str, result: MergeResult) -> None:
+    """Point ``into`` at a prepared merge, if it still points where the merge started;
+    :class:`Conflict` if it moved (prepare again)."""
+    if result.sha is None or not result.merged:
+        raise ValueError("only a merge that went through can land")
+    if result.sha != result.base_sha:
+        _move(repo, into, result.sha, result.base_sha)
 
 
 def _move(repo: Path, branch: str, new: str, old: str) -> None:

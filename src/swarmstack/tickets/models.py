@@ -187,7 +187,9 @@ class TicketResult(BaseModel):
     cost_usd: Number = Field(default=0.0, ge=0, le=1e9)
 
 
-FixReason = Literal["conflict", "checks"]
+# conflict: git could not merge it; checks: the merged tree failed them; error: the merge could
+# not be made at all (its branch is gone, say).
+FixReason = Literal["conflict", "checks", "error"]
 
 
 class FixRequest(BaseModel):

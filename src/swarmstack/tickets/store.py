@@ -141,6 +141,8 @@ def fix_reason(fix: FixRequest) -> str:
     if fix.reason == "conflict":
         where = ", ".join(fix.conflicts) or "its changes"
         return f"merging into {fix.base} conflicted in {where}"
+    if fix.reason == "error":
+        return f"the merge into {fix.base} could not be made: {fix.details}"
     if fix.timed_out:
         return f"the checks timed out on the merge into {fix.base}"
     return f"the checks failed on the merge into {fix.base} (exit code {fix.exit_code})"
@@ -1226,7 +1228,7 @@ class TicketStore:
 
     _PR_COLUMNS = (
         "id, plan_id, ticket_id, base, head, base_sha, head_sha, files_changed, insertions, "
-        "deletions, state, created_at, updated_at"
+        "deletions, state, created_at, updated_at, merge_sha, number, url"
     )
 
     def record_pull_request(self, ticket_id: int, stats: DiffStats) -> PullRequest:
