@@ -23,7 +23,6 @@ from swarmstack.errors import (
     NotFound,
     Unavailable,
 )
-from swarmstack.forge import hostgit
 from swarmstack.forge.github import GitHubRepo, GitHubSettings
 from swarmstack.forge.pullbody import BODY_MAX, TITLE_MAX, pull_body, pull_title
 from swarmstack.tickets.models import Ticket, TicketResult, TicketState
@@ -204,7 +203,7 @@ def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str
         calls.append((list(args), dict(kwargs.get("env") or {})))
         return real(args, **kwargs)
 
-    monkeypatch.setattr(hostgit.subprocess, "run", recording)
+    monkeypatch.setattr(subprocess, "run", recording)  # hostgit calls subprocess.run
     return calls
 
 
@@ -359,6 +358,7 @@ def test_a_restarted_control_plane_finds_the_pull_request(
     assert restarted.find_pull(1, plan_id=3, base="main") == replace(one, created=False)
     assert restarted.find_pull(1, plan_id=4, base="main") is None  # another plan's ticket 1
     assert len(fake.repo("octo/shop").pulls) == 2
+    assert requests(fake, "POST", "/repos/octo/shop/pulls") == 2  # looked up, not tried
 
 
 def test_a_pull_request_closed_by_hand_is_reopened(
