@@ -53,7 +53,7 @@ from swarmstack.errors import (
 )
 from swarmstack.forge import hostgit
 from swarmstack.forge.local import ticket_branch
-from swarmstack.forge.pullbody import pull_body, pull_title
+from swarmstack.forge.pullbody import marked, pull_body, pull_title
 
 if TYPE_CHECKING:
     from githubkit import GitHub
@@ -334,9 +334,9 @@ class GitHubRepo:
                 headers=self._headers,
             ).parsed_data  # fmt: skip
         pulls = [p for p in pulls if p.head.ref == head]
-        mine = [p for p in pulls if _marker_of(p.body) == (ticket_id, plan_id)]
+        mine = [p for p in pulls if marked(p.body) == (ticket_id, plan_id)]
         unmarked = [
-            p for p in pulls if p.state == "open" and p.base.ref == base and not _marker_of(p.body)
+            p for p in pulls if p.state == "open" and p.base.ref == base and not marked(p.body)
         ]
         ranked = sorted(mine, key=lambda p: p.state != "open") + unmarked
         return _pull_info(ranked[0]) if ranked else None
@@ -480,12 +480,6 @@ class GitHubRepo:
 
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
-_MARKER = re.compile(r"<!-- swarm:ticket=(\d+) plan=(\d+) -->")
-
-
-def _marker_of(body: str | None) -> tuple[int, int] | None:
-    found = _MARKER.search(body or "")
-    return (int(found[1]), int(found[2])) if found else None
 
 
 def _pull_info(pull: Any) -> PullInfo:

@@ -6,6 +6,7 @@ forge knows its own pull requests again after a restart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,17 @@ BODY_MAX = 65_536  # and on a body
 _SECTION_MAX = 24_000  # the ticket's body and the agent's summary, each
 
 
+_MARKED = re.compile(r"<!-- swarm:ticket=(\d+) plan=(\d+) -->")
+
+
 def marker(ticket_id: int, plan_id: int) -> str:
     return f"<!-- swarm:ticket={ticket_id} plan={plan_id} -->"
+
+
+def marked(body: str | None) -> tuple[int, int] | None:
+    """The ticket and plan a pull request's body names in its marker, if it has one."""
+    found = _MARKED.search(body or "")
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def pull_title(ticket: Ticket) -> str:
