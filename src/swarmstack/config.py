@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SWARM_GITHUB_TOKEN", "GITHUB_TOKEN"),
         description="the token the GitHub forge uses; it never leaves the control plane",
     )
+    github_api_url: str = Field(
+        default="https://api.github.com",
+        description="GitHub's REST API; GitHub Enterprise Server's is https://HOST/api/v3",
+    )
+    github_git_url: str = Field(
+        default="https://github.com",
+        description="where GitHub serves git: a repository is <this>/<owner>/<name>.git",
+    )
     llm_upstream_url: str = Field(
         default="https://api.anthropic.com",
         description="where the LLM gateway forwards model calls: the Anthropic API, or any "
