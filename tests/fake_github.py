@@ -206,6 +206,8 @@ class FakeGitHub:
         if self._server is not None:
             self._server.stop()
 
+    close = stop  # for contextlib.closing
+
     @property
     def api_url(self) -> str:
         return self.url + self.prefix

@@ -4,6 +4,7 @@ scripted model through the LLM gateway, the branch pushed through the git broker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from agent_world import (
     llm_calls,
     swarm_world,
 )
+from fake_github import FakeGitHub
 from swarmstack.sandbox.base import Limits
 from swarmstack.tickets.models import PlanSpec, TicketSpec, TicketState
 
@@ -184,7 +186,17 @@ async def test_the_canaries_reach_no_process_file_log_or_event_of_a_sandbox(
     # its sandbox (the runner, Claude Code, its shell) into a file.
     dump = {"name": "Bash", "input": {"command": DUMP_ENVIRONS, "description": "dump"}}
     session["turns"].insert(3, [{"tool_use": dump}])
-    with swarm_world(tmp_path, {"sessions": [session]}, mul_plan()) as world:
+    # The plan is published to GitHub (a fake one) with the control plane's token: its pull
+    # request is opened and merged while the agent works in the sandbox that must not see it.
+    github = FakeGitHub(tmp_path / "github")
+    github.add_user("swarm-bot", CANARY_GITHUB)
+    github.start()
+    urls = {"github_api_url": github.api_url, "github_git_url": github.url}
+    with (
+        swarm_world(tmp_path, {"sessions": [session]}, mul_plan(), **urls) as world,
+        contextlib.closing(github),
+    ):
+        world.admin.link_github(world.plan_id, "swarm-bot/calc", create=True)
         async with world.host(backend="bwrap") as host:
             run = await host.run_one(0, keep=True)
             sandbox = host.last_sandbox
@@ -209,6 +221,9 @@ async def test_the_canaries_reach_no_process_file_log_or_event_of_a_sandbox(
         assert "swlease_1-1_" not in everything  # nor the lease token, in the log
         assert CANARY_KEY not in everything and CANARY_GITHUB not in everything
         assert_ticket_implemented(world, tools=["Read", "Write", "Write", "Bash", "Bash"])
+        (pull,) = github.repo("swarm-bot/calc").pulls.values()
+        assert pull.head == "swarm/1" and pull.merged_at is not None
+        assert github.rev("swarm-bot/calc", "main") == world.branch_sha("main")
 
 
 # -- a runner that sleeps through its lease ---------------------------------------------------

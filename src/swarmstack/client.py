@@ -302,6 +302,11 @@ class Calls:
         return Call("POST", f"/v1/plans/{plan_id}/repo", _json, {"source": source})
 
     @staticmethod
+    def link_github(plan_id: int, repository: str, create: bool = False) -> Call[dict[str, Any]]:
+        body = {"repository": repository, "create": create}
+        return Call("POST", f"/v1/plans/{plan_id}/github", _json, body)
+
+    @staticmethod
     def list_pulls(plan_id: int | None = None) -> Call[list[PullRequest]]:
         params = {"plan_id": plan_id} if plan_id else {}
         return Call("GET", "/v1/pulls", _list(PullRequest), params=params)
@@ -628,6 +633,9 @@ class SwarmClient:
 
     def import_repo(self, plan_id: int, source: str) -> dict[str, Any]:
         return self.send(Calls.import_repo(plan_id, source))
+
+    def link_github(self, plan_id: int, repository: str, create: bool = False) -> dict[str, Any]:
+        return self.send(Calls.link_github(plan_id, repository, create))
 
     def list_pulls(self, plan_id: int | None = None) -> list[PullRequest]:
         return self.send(Calls.list_pulls(plan_id))

@@ -22,6 +22,8 @@ from swarmstack.errors import SwarmError
 from swarmstack.tickets.models import Lease
 
 GIT_TIMEOUT_S = 300.0
+AGENT_NAME = "Swarm agent"
+AGENT_EMAIL = "agent@swarm.invalid"
 
 CACHE_PATTERNS = (
     "__pycache__/",
@@ -100,7 +102,9 @@ class Workspace:
 
     def merge_in(self, ref: str) -> list[str]:
         """Merge ``ref`` into the work tree without committing; the paths left conflicted."""
-        done = self._run(["merge", "--no-ff", "--no-commit", "--no-edit", ref])
+        # git wants an identity even for a merge it does not commit; the sandbox has none.
+        who = ["-c", f"user.name={AGENT_NAME}", "-c", f"user.email={AGENT_EMAIL}"]
+        done = self._run([*who, "merge", "--no-ff", "--no-commit", "--no-edit", ref])
         if done.returncode != 0 and "CONFLICT" not in done.stdout + done.stderr:
             words = (done.stderr or done.stdout).strip()
             raise GitError(f"git merge failed: {words[-2000:]}")
@@ -120,15 +124,14 @@ class Workspace:
                 left.append(name)
         return left
 
-    def commit(self, message: str, *, author: str = "Swarm agent") -> bool:
+    def commit(self, message: str, *, author: str = AGENT_NAME) -> bool:
         """Commit everything the agent changed; False when it changed nothing."""
         self.git("add", "--all")
         merging = (self.path / ".git" / "MERGE_HEAD").exists()
         if not merging and not self.git("status", "--porcelain").strip():
             return False
-        email = "agent@swarm.invalid"
         self.git(
-            "-c", f"user.name={author}", "-c", f"user.email={email}",
+            "-c", f"user.name={author}", "-c", f"user.email={AGENT_EMAIL}",
             "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message,
         )  # fmt: skip
         return True

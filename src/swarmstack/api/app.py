@@ -90,6 +90,7 @@ def create_app(
         sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
         if state.settings.merge_queue:
             from swarmstack.forge.local import LocalForge
+            from swarmstack.forge.mirror import GitHubMirror
             from swarmstack.forge.queue import MergeQueue
 
             state.merge_queue = MergeQueue(
@@ -98,6 +99,7 @@ def create_app(
                 state.sandboxes.backend,
                 call=state.call,
                 checks_timeout_s=state.settings.checks_timeout_s,
+                mirror=GitHubMirror(state.settings, state.store),
             )
             state.merge_queue.start()
         # Everything made so far lives as long as the app: keep it out of the collector's

@@ -49,6 +49,54 @@ async def import_repo(plan_id: IdPath, body: RepoImport, ctx: AdminContext) -> R
     )
 
 
+class GitHubLink(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repository: Text = Field(
+        min_length=3, max_length=200, description="the GitHub repository, owner/name"
+    )
+    create: bool = Field(default=False, description="create it (private) when it is missing")
+
+
+class GitHubLinked(BaseModel):
+    plan_id: int
+    repository: str
+    url: str = Field(description="the repository's page on GitHub")
+    branch: str = Field(description="the integration branch, on GitHub as in the forge")
+    created: bool
+
+
+@router.post(
+    "/plans/{plan_id:int}/github",
+    response_model=GitHubLinked,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+    tags=["forge"],
+)
+async def link_github(plan_id: IdPath, body: GitHubLink, ctx: AdminContext) -> GitHubLinked:
+    """Publish the plan's work to a GitHub repository with the control plane's token (it never
+    reaches a sandbox): one pull request per ticket, merged by the merge queue in DAG order.
+    The repository is created when asked; the integration branch is pushed to it, or fetched
+    from it when GitHub has it already. The plan needs its repository in the forge first."""
+    from swarmstack.forge.mirror import GitHubMirror
+    from swarmstack.forge.queue import integration_branch
+
+    state = ctx.state
+    plan = state.store.get_plan(plan_id)
+    forge = LocalForge(state.settings.repos_dir)
+    local = forge.require(plan_id)
+    branch = await asyncio.to_thread(integration_branch, forge, plan)
+    mirror = GitHubMirror(state.settings, state.store)
+    info = await asyncio.to_thread(mirror.link, local, branch, body.repository, create=body.create)
+    await state.call(state.store.set_github, plan_id, body.repository)
+    return GitHubLinked(
+        plan_id=plan_id,
+        repository=info.full_name,
+        url=info.html_url,
+        branch=branch,
+        created=info.created,
+    )
+
+
 @router.get(
     "/pulls", response_model=list[PullRequest], responses=error_responses(403), tags=["forge"]
 )

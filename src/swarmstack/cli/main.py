@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from swarmstack.cli import agent, bench, host, image, model, plan, pr, tickets, tokens, vm
+from swarmstack.cli import agent, bench, host, image, model, plan, pr, run, tickets, tokens, vm
 from swarmstack.cli.common import (
     ApiOption,
     JsonOption,
@@ -34,6 +34,7 @@ app.add_typer(image.app, name="image")
 app.add_typer(model.app, name="model")
 app.add_typer(pr.app, name="pr")
 app.command("agent")(agent.agent)
+app.command("run")(run.run_command)
 app.command("host")(host.host)
 
 

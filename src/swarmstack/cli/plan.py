@@ -334,6 +334,33 @@ def repo_command(
         )
 
 
+@app.command("github")
+def github_command(
+    plan_id: Annotated[int, typer.Argument(min=1, help="The plan's id.", show_default=False)],
+    repository: Annotated[
+        str, typer.Argument(help="The GitHub repository, owner/name.", show_default=False)
+    ],
+    create: Annotated[
+        bool, typer.Option("--create-repo", help="Create it (private) if it is missing.")
+    ] = False,
+    json_out: JsonFlag = False,
+    api: Annotated[str | None, typer.Option("--api", help="API URL.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+) -> None:
+    """Publish a plan's work to GitHub: one pull request per ticket, merged by the merge queue
+    in DAG order, with the control plane's GITHUB_TOKEN (which never enters a sandbox)."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        linked = api_client.link_github(plan_id, repository, create)
+    if json_out:
+        common.print_json(linked)
+    else:
+        made = "created, " if linked["created"] else ""
+        common.console.print(
+            f"plan {plan_id}: publishing to {escape(linked['url'])} ({made}integration branch "
+            f"{escape(linked['branch'])})"
+        )
+
+
 def waves_command(file: PlanFile, json_out: JsonFlag = False) -> None:
     """Show the waves and the critical path of a local plan file.
 

@@ -526,7 +526,7 @@ def _git_error(command: str, repository: str, stderr: str) -> SwarmError:
         return AuthError(f"GitHub refused the token: {said}")
     if "error: 403" in low or "permission to" in low:
         return Forbidden(f"the token may not {command} here: {said}")
-    if "error: 404" in low or "repository not found" in low:
+    if "error: 404" in low or "repository not found" in low or "couldn't find remote ref" in low:
         return NotFound(said)
     if "[rejected]" in low or "[remote rejected]" in low or "non-fast-forward" in low:
         return Conflict(said)

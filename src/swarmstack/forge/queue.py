@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from swarmstack.forge import hostgit
 from swarmstack.forge.checks import CheckResult, run_checks
 from swarmstack.forge.local import LocalForge, ticket_branch
 from swarmstack.forge.merge import MergeResult, land, prepare
+from swarmstack.forge.mirror import GitHubMirror
 from swarmstack.sandbox.base import Backend
 from swarmstack.tickets.models import FixRequest, Plan, Ticket
 from swarmstack.tickets.store import TicketStore
@@ -48,6 +50,9 @@ CONFIG_FILE = ".swarm.toml"
 # How long the queue waits before it tries again when the checks could not run at all (no
 # sandbox could be made): not the ticket's fault, so no attempt of its is spent on it.
 RETRY_S = 5.0
+# GitHub may refuse a merge the queue made locally (its branch moved under it): so many times
+# it is fetched and merged again before the queue waits and tries later.
+LAND_TRIES = 3
 # A replica that is not told of completions (another one took them) still looks this often.
 POLL_S = 5.0
 
@@ -121,9 +126,11 @@ class MergeQueue:
         *,
         call: StoreCall | None = None,
         checks_timeout_s: float = 900.0,
+        mirror: GitHubMirror | None = None,
     ) -> None:
         self.store = store
         self.forge = forge
+        self.mirror = mirror
         self._backend = backend
         self._call: StoreCall = call or _direct
         self.checks_timeout_s = checks_timeout_s
@@ -189,6 +196,12 @@ class MergeQueue:
         repo = self.forge.require(plan.id)
         into = await asyncio.to_thread(integration_branch, self.forge, plan)
         branch = ticket_branch(ticket.id)
+        mirror = self.mirror if plan.github else None
+        number = 0
+        if mirror is not None:
+            await asyncio.to_thread(mirror.sync, plan, into, repo)
+            number = await asyncio.to_thread(mirror.publish, plan, ticket, into, repo)
+        refused = 0
         while True:
             try:
                 result = await asyncio.to_thread(
@@ -199,17 +212,29 @@ class MergeQueue:
                 fix = FixRequest(
                     reason="error", base=into, base_sha=base_sha, head_sha="", details=exc.message
                 )
-                return await self._send_back(ticket, fix)
+                return await self._send_back(plan, ticket, fix)
             if not result.merged:
-                return await self._send_back(ticket, _conflict(into, result))
+                return await self._send_back(plan, ticket, _conflict(into, result))
             assert result.sha is not None
             if result.how != "already merged":
                 failed = await self._check(plan, repo, ticket, into, result)
                 if failed is not None:
-                    return await self._send_back(ticket, failed)
+                    return await self._send_back(plan, ticket, failed)
                 try:
-                    await asyncio.to_thread(land, repo, into, result)
+                    if mirror is None:
+                        await asyncio.to_thread(land, repo, into, result)
+                    else:
+                        message = merge_message(ticket)
+                        sha = await asyncio.to_thread(
+                            mirror.land, plan, number, result.head_sha, message, into, repo
+                        )
+                        result = dataclasses.replace(result, sha=sha)
                 except Conflict:  # the branch moved while the checks ran: merge again
+                    refused += 1
+                    if mirror is not None:
+                        if refused >= LAND_TRIES:
+                            raise
+                        await asyncio.to_thread(mirror.sync, plan, into, repo)
                     continue
             return await self._merged(ticket, result)
 
@@ -241,7 +266,14 @@ class MergeQueue:
             return None
         return _checks_failed(into, result, command, checked)
 
-    async def _send_back(self, ticket: Ticket, fix: FixRequest) -> Ticket | None:
+    async def _send_back(self, plan: Plan, ticket: Ticket, fix: FixRequest) -> Ticket | None:
+        # The pull request says why before the ticket is ready again, so whoever sees the
+        # fix attempt start finds the reason on it.
+        if self.mirror is not None and plan.github:
+            try:
+                await asyncio.to_thread(self.mirror.sent_back, plan, ticket, fix)
+            except SwarmError as exc:  # the pull request misses a comment; nothing else
+                log.warning("could not comment on %s's pull request: %s", ticket.key, exc)
         try:
             return await self._call(self.store.send_back, ticket.id, fix)
         except Conflict:  # cancelled, or another replica finished it

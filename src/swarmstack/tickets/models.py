@@ -174,6 +174,9 @@ class Plan(BaseModel):
     checks: str | None = Field(
         default=None, description="its check command; none: the repository's .swarm.toml"
     )
+    github: str | None = Field(
+        default=None, description="the GitHub repository (owner/name) its work is published to"
+    )
 
 
 class TicketResult(BaseModel):

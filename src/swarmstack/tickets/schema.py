@@ -161,8 +161,9 @@ def _v6_merge_queue(tx: Tx) -> None:
     integration branch; a merge that conflicts or fails its checks sends the ticket back with a
     ``fix`` (what went wrong, against which base). ``wave`` is the ticket's topological
     generation, for strict-wave scheduling. A plan may name its integration branch and its check
-    command (else the repository's default branch and its ``.swarm.toml``). A pull request
-    keeps the commit that merged it and, on GitHub, its number and address."""
+    command (else the repository's default branch and its ``.swarm.toml``), and the GitHub
+    repository (``owner/name``) its work is published to. A pull request keeps the commit that
+    merged it and, on GitHub, its number and address."""
     for statement in (
         "ALTER TABLE tickets ADD COLUMN fix TEXT",
         "ALTER TABLE tickets ADD COLUMN wave INTEGER NOT NULL DEFAULT 0",
@@ -172,6 +173,7 @@ def _v6_merge_queue(tx: Tx) -> None:
         "ALTER TABLE plans ADD COLUMN strict_waves INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE plans ADD COLUMN integration TEXT",
         "ALTER TABLE plans ADD COLUMN checks TEXT",
+        "ALTER TABLE plans ADD COLUMN github TEXT",
         "ALTER TABLE pull_requests ADD COLUMN merge_sha TEXT",
         "ALTER TABLE pull_requests ADD COLUMN number INTEGER",
         "ALTER TABLE pull_requests ADD COLUMN url TEXT",

@@ -567,7 +567,7 @@ class TicketStore:
         with self.db.read() as tx:
             row = tx.one(
                 "SELECT id, title, description, created_at, budget_usd, status, error, "
-                "strict_waves, integration AS integration_branch, checks, "
+                "strict_waves, integration AS integration_branch, checks, github, "
                 "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = :id) AS spent_usd "
                 "FROM plans WHERE id = :id",
                 {"id": plan_id},
@@ -1275,6 +1275,36 @@ class TicketStore:
             self._append(tx, [(kind, pull.plan_id, ticket_id, data)])
         self._publish(0)
         return pull
+
+    def link_pull_request(self, ticket_id: int, *, number: int, url: str) -> PullRequest:
+        """The ticket's pull request is number ``number`` on GitHub, at ``url``."""
+        now = self.clock()
+        with self.db.tx() as tx:
+            row = tx.one(
+                "UPDATE pull_requests SET number = :n, url = :url, updated_at = :now "
+                f"WHERE ticket_id = :t RETURNING {self._PR_COLUMNS}",
+                {"n": number, "url": url, "now": now, "t": ticket_id},
+            )
+            if row is None:
+                raise NotFound(f"ticket {ticket_id} has no pull request")
+            pull = PullRequest.model_validate(row)
+            data = {"number": number, "url": url}
+            self._append(tx, [("pr.published", pull.plan_id, ticket_id, data)])
+        self._publish(0)
+        return pull
+
+    def set_github(self, plan_id: int, repository: str | None) -> Plan:
+        """Publish the plan's work to this GitHub repository (``owner/name``), or no longer."""
+        with self.db.tx() as tx:
+            hit = tx.scalar(
+                "UPDATE plans SET github = :g WHERE id = :id RETURNING id",
+                {"g": repository, "id": plan_id},
+            )
+            if hit is None:
+                raise NotFound(f"no plan {plan_id}")
+            self._append(tx, [("plan.github", plan_id, None, {"repository": repository})])
+        self._publish(0)
+        return self.get_plan(plan_id)
 
     def note(self, kind: str, ticket: Ticket, data: dict[str, Any]) -> None:
         """Append an event about a ticket that changes no state."""
