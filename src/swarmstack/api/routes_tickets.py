@@ -125,11 +125,12 @@ async def get_plan(plan_id: IdPath, ctx: Context) -> Plan:
 @router.get(
     "/plans/{plan_id:int}/waves",
     response_model=WavesReport,
-    responses=error_responses(403, 404),
+    responses=error_responses(403, 404, 409),
     tags=["plans"],
 )
 async def plan_waves(plan_id: IdPath, ctx: Context) -> WavesReport:
-    """Topological generations of the plan, and its critical path."""
+    """Topological generations of the plan, and its critical path; 409 while a design agent
+    writes it, or when its design failed."""
     require_admin(ctx.caller)
     return ctx.state.store.waves(plan_id)
 

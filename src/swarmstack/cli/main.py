@@ -109,24 +109,24 @@ def waves(
 @app.command()
 @guarded
 def demo(
-    agents: int = typer.Option(4, "--agents", min=1, max=200, help="Local agents to run."),
-    plan_file: Path | None = typer.Option(
-        None, "--plan", help="A plan file (default: the bundled example)."
+    agents: int = typer.Option(4, "--agents", min=1, max=64, help="Agents at once."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Where to work and keep the result (default: a new temp dir)."
     ),
-    pace: float = typer.Option(
-        0.4, "--pace", min=0.0, max=60.0, help="Seconds of pretend work per unit of estimate."
+    json_out: bool = typer.Option(
+        False, "--json", help="No live display; end with one JSON object."
     ),
-    keep_serving: bool = typer.Option(
-        False, "--keep-serving", help="Leave the control plane running afterwards."
-    ),
-    json_out: bool = JsonOption,
 ) -> None:
-    """Run the bundled example plan end to end with local agents, on a fresh control plane."""
+    """The bundled example from its spec to merged, tested code: the design agent, agents in
+    sandboxes running Claude Code, the merge queue — with the scripted model answering for
+    Claude."""
     from swarmstack.demo import run_demo
 
-    summary = run_demo(agents=agents, plan_file=plan_file, pace=pace, keep_serving=keep_serving)
+    summary = run_demo(agents=agents, data_dir=data_dir, quiet=json_out)
     if json_out:
         print_json(summary)
+    if summary["tickets_failed"] or not summary["tests_passed"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:
