@@ -242,15 +242,16 @@ def test_expansion_runs_in_waves_of_the_components_and_sees_what_it_builds_on(
     url, model = scripted(EXAMPLE / "design.yaml")
     design(url, spec=(EXAMPLE / "spec.md").read_text())
     order = [r["session"] for r in model.requests]
-    # config and errors depend on nothing, storage on config, api on all three.
-    assert order.index("expansion-storage") > order.index("expansion-config")
-    assert order.index("expansion-api") > order.index("expansion-storage")
-    assert order.index("expansion-api") > order.index("expansion-errors")
-    api_prompt = next(r for r in model.requests if r["session"] == "expansion-api")["body"]
-    text = api_prompt["messages"][0]["content"]
-    assert '"id":"storage-model"' in text and '"id":"problem-errors"' in text
-    storage_prompt = next(r for r in model.requests if r["session"] == "expansion-storage")
-    assert '"id":"problem-errors"' not in storage_prompt["body"]["messages"][0]["content"]
+    # storage uses model; listing and commands use storage; reports uses listing, not commands.
+    assert order.index("expansion-storage") > order.index("expansion-model")
+    assert order.index("expansion-listing") > order.index("expansion-storage")
+    assert order.index("expansion-commands") > order.index("expansion-storage")
+    assert order.index("expansion-reports") > order.index("expansion-listing")
+    assert order.index("expansion-reports") > order.index("expansion-commands")
+    reports = next(r for r in model.requests if r["session"] == "expansion-reports")["body"]
+    text = reports["messages"][0]["content"]
+    assert '"id":"cmd-list"' in text and '"id":"json-store"' in text and '"id":"task-model"' in text
+    assert '"id":"cmd-add"' not in text  # made already, but not a component reports uses
 
 
 # -- the request, as the Messages API wants it ------------------------------------------------
@@ -303,7 +304,7 @@ def test_accepted_answers_fit_the_json_schema_the_model_was_given(scripted: Any)
     schemas = {r["session"]: r["body"]["tools"][0]["input_schema"] for r in model.requests}
     answers = [a for a in events.of("design.answer") if a["accepted"]]
     sessions = [r["session"] for r in model.requests]
-    assert len(answers) == len(sessions) == 7
+    assert len(answers) == len(sessions) == 8
     for name, answer in zip(sessions, answers, strict=True):
         jsonschema.validate(json.loads(answer["input"]), schemas[name])
 
@@ -329,7 +330,7 @@ def test_the_example_plan_is_what_its_script_makes(scripted: Any, tmp_path: Path
     assert graph.validate(committed, strict=True).valid
     assert len(committed.tickets) >= 8
     assert len(graph.waves(committed)) >= 3
-    assert {r.id for r in committed.requirements} == {f"R{n}" for n in range(1, 8)}
+    assert {r.id for r in committed.requirements} == {f"R{n}" for n in range(1, 10)}
 
 
 def test_the_example_repository_is_summarized_into_the_prompt(scripted: Any) -> None:
@@ -344,10 +345,10 @@ def test_the_example_repository_is_summarized_into_the_prompt(scripted: Any) -> 
     asyncio.run(run())
     prompt = model.requests[0]["body"]["messages"][0]["content"]
     assert prompt.startswith("Design phase: skeleton")
-    assert "### Files: 3" in prompt
-    assert "src/todo/__init__.py" in prompt
+    assert "### Files: 7" in prompt
+    assert "src/todo/__init__.py" in prompt and ".swarm.toml" in prompt
     assert '[project]\nname = "todo"' in prompt  # pyproject.toml, a key file
-    assert "**Create and list todos.**" in prompt  # the spec
+    assert "**Add a task.**" in prompt  # the spec
 
 
 # -- the repository summary -----------------------------------------------------------------

@@ -67,11 +67,11 @@ def test_designing_here_writes_the_example_plan(scripted: Any, tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     assert load_plan(out) == load_plan(EXAMPLE / "plan.json")
-    assert "→ skeleton" in result.stderr and "← expansion:api:" in result.stderr
+    assert "→ skeleton" in result.stderr and "← expansion:reports:" in result.stderr
     assert "checks, round 0: valid" in result.stderr
-    assert "wrote " in result.stdout and "10 tickets in 6 waves" in result.stdout
-    assert "R7" in result.stdout  # the coverage table
-    assert len(model.requests) == 7
+    assert "wrote " in result.stdout and "11 tickets in 6 waves" in result.stdout
+    assert "R9" in result.stdout  # the coverage table
+    assert len(model.requests) == 8
     validated = cli("plan", "validate", str(out))
     assert validated.exit_code == 0, validated.output
 
@@ -87,9 +87,9 @@ def test_designing_here_writes_the_example_plan(scripted: Any, tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["tickets"] == 10 and summary["calls"] == 7 and summary["out"] == str(as_yaml)
+    assert summary["tickets"] == 11 and summary["calls"] == 8 and summary["out"] == str(as_yaml)
     assert result.stderr == ""  # --json: no progress
-    assert as_yaml.read_text().startswith("title: Todo-list REST service")
+    assert as_yaml.read_text().startswith("title: A todo list on the command line")
     assert load_plan(as_yaml) == load_plan(EXAMPLE / "plan.json")
 
 
@@ -216,7 +216,7 @@ def test_a_design_request_over_http(scripted: Any, tmp_path: Path) -> None:
         answer = http.post("/v1/plans", json={"spec": spec, "repo": str(EXAMPLE / "repo")})
         assert answer.status_code == 202, answer.text
         plan = answer.json()
-        assert plan["status"] == "designing" and plan["title"] == "Todo-list REST service"
+        assert plan["status"] == "designing" and plan["title"] == "A todo list on the command line"
         for _ in range(600):  # a bound, not a timing assertion
             plan = http.get(f"/v1/plans/{plan['id']}").json()
             if plan["status"] != "designing":

@@ -322,7 +322,7 @@ def test_waves_command_json() -> None:
     assert body["waves"][0] == {"index": 0, "tickets": ["scaffold"]}
     assert body["critical_path"][0] == "scaffold"
     assert body["critical_path"][-1] == "e2e-tests"
-    assert body["critical_length"] == 12.5
+    assert body["critical_length"] == 10.0
 
 
 def test_waves_command_human(tmp_path: Path) -> None:

@@ -1,1 +1,1 @@
-"""A self-hosted todo-list service."""
+"""A todo list on the command line, kept in a JSON file."""
