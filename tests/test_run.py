@@ -156,3 +156,31 @@ def _events(db: Path, kind: str) -> dict[str, int]:
         f"WHERE e.kind = '{kind}' GROUP BY t.key",
     )
     return dict(rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "give the spec"),
+        (["spec.md"], "--repo is needed"),
+        (["spec.md", "--repo", "."], "is not a git repository"),
+        (["missing.md", "--repo", "repo"], "no spec at missing.md"),
+        (["spec.md", "--repo", "repo", "--backend", "firecracker"], "not available to the pool"),
+        (["--resume"], "nothing to resume"),
+        (["spec.md", "--resume"], "give no spec or --plan with it"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], says: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from swarmstack.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.md").write_text("# A spec\n")
+    sample_repo(tmp_path / "repo")
+    result = CliRunner().invoke(app, ["run", *args, "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d" / "control-plane").exists()  # no control plane was started

@@ -162,10 +162,17 @@ class SwarmRun:
         backend = agent_backend(saved.backend if saved else o.backend)
         agents = o.agents or (saved.agents if saved else DEFAULT_AGENTS)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        repo = None if saved else self._local_repo(o.repo or "")
+        if o.spec is not None and not o.spec.is_file():
+            raise UsageError(f"no spec at {o.spec}")
         with contextlib.ExitStack() as stack:
             admin_url, token = self._control_plane(stack, backend, saved)
             admin = stack.enter_context(SwarmClient(admin_url, token, timeout=120))
-            plan = admin.get_plan(saved.plan_id) if saved is not None else self._make_plan(admin)
+            if saved is not None:
+                plan = admin.get_plan(saved.plan_id)
+            else:
+                assert repo is not None
+                plan = self._make_plan(admin, repo)
             state = RunState(plan.id, agents, backend, o.api_url)
             self._save_state(state)
             if plan.status == "draft":
@@ -207,9 +214,8 @@ class SwarmRun:
 
     # -- the plan ----------------------------------------------------------------------
 
-    def _make_plan(self, admin: SwarmClient) -> Plan:
+    def _make_plan(self, admin: SwarmClient, repo: Path) -> Plan:
         o = self.options
-        repo = self._local_repo(o.repo or "")
         if o.plan_file is not None:
             from swarmstack.tickets.plan import load_plan
 
