@@ -946,6 +946,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/tickets"),
     ("get", "/v1/usage"),
     ("post", "/v1/plans/{plan_id}/repo"),
+    ("post", "/v1/plans/{plan_id}/github"),
     ("get", "/v1/pulls"),
     ("get", "/v1/pulls/{ticket_id}"),
     ("get", "/v1/pulls/{ticket_id}/diff"),

@@ -17,6 +17,7 @@ from swarmstack.bench.serverproc import ServerProcess
 from swarmstack.cli.main import app as cli_app
 from swarmstack.client import SwarmClient
 from swarmstack.tickets import graph
+from swarmstack.tickets.models import PlanSpec
 from swarmstack.tickets.plan import load_plan
 
 HERE = Path(__file__).parent / "design"
@@ -223,9 +224,8 @@ def test_a_design_request_over_http(scripted: Any, tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert plan["status"] == "draft", plan
-        assert http.get(f"/v1/plans/{plan['id']}/spec").json() == json.loads(
-            (EXAMPLE / "plan.json").read_text()
-        )
+        stored = PlanSpec.model_validate(http.get(f"/v1/plans/{plan['id']}/spec").json())
+        assert stored == PlanSpec.model_validate_json((EXAMPLE / "plan.json").read_text())
         prompt = model.requests[0]["body"]["messages"][0]["content"]
         assert "### `pyproject.toml`" in prompt
 
