@@ -6,9 +6,9 @@ depending on one or two earlier ones, with lognormal estimates. It is chosen so 
 bounds on the makespan matter at 1000 tickets and 100 agents: the middle waves are 1.5-2 times
 as wide as the agents, so the claim order decides which ready ticket waits; and the critical
 path is only about 1.2-1.3 times the total work divided by the agents, so a poor order makes
-the critical path wait behind other work. On seeds 0-5, the simulation of
-:mod:`~swarmstack.bench.listschedule` gives 0.77-0.99 of the lower bound when agents take
-ready tickets in random order, 0.83-0.99 in plan order, and 1.00 by upward rank.
+the critical path wait behind other work. Simulated with no dispatch cost on seeds 0-5 (as
+:mod:`~swarmstack.bench.listschedule` does), agents taking ready tickets in random order
+reach 0.77-0.99 of the lower bound, in plan order 0.83-0.99, by upward rank 1.00.
 
 **The work**: a ticket's agent sleeps for the ticket's estimate times lognormal noise (sigma
 0.3), so the store ranks tickets by their estimates and the agents see the actual durations.
