@@ -7,9 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from swarmstack.bench.dag import layered_plan
+from swarmstack.bench import listschedule
+from swarmstack.bench.dag import layered_plan, waved_plan
 from swarmstack.cli.main import app
 from swarmstack.tickets import graph
+from swarmstack.tickets.models import PlanSpec, TicketSpec
 
 runner = CliRunner()
 
@@ -44,3 +46,67 @@ def test_bench_claims_small_run_has_no_double_claims_and_loses_nothing() -> None
     assert figures["lifecycles_per_s"] > 0
     assert figures["dispatch_samples"] > 0
     assert figures["dispatch_p99_ms"] is not None
+
+
+def test_waved_plan_has_the_asked_waves_each_ticket_hanging_on_the_wave_before() -> None:
+    plan = waved_plan(1000, waves=8, seed=4)
+    assert graph.validate(plan).valid
+    waves = graph.waves(plan)
+    assert len(waves) == 8
+    assert sum(len(w) for w in waves) == 1000
+    assert max(len(w) for w in waves) > 100 > len(waves[0])  # widest in the middle
+    wave_of = {key: n for n, keys in enumerate(waves) for key in keys}
+    for ticket in plan.tickets:
+        if wave_of[ticket.id]:
+            assert 1 <= len(ticket.depends_on) <= 2
+            assert max(wave_of[d] for d in ticket.depends_on) == wave_of[ticket.id] - 1
+    assert len({t.estimate for t in plan.tickets}) > 50
+    assert waved_plan(1000, waves=8, seed=4) == plan
+
+
+def _plan(*tickets: tuple[str, float, list[str]]) -> PlanSpec:
+    return PlanSpec(
+        title="t",
+        tickets=[
+            TicketSpec(id=key, title=key, estimate=est, depends_on=deps)
+            for key, est, deps in tickets
+        ],
+    )
+
+
+def test_list_schedule_runs_the_highest_rank_first_and_strict_waves_wait() -> None:
+    # X -> Y is the long path (rank 6); Z1 and Z2 fill in beside it. X (0-1) and Z1 (0-2)
+    # first; at 1, Y goes before Z2 (1-6, Z2 2-4): taking Z2 first would end at 7.
+    plan = _plan(("Z1", 2, []), ("Z2", 2, []), ("X", 1, []), ("Y", 5, ["X"]))
+    seconds = {t.id: t.estimate for t in plan.tickets}
+    assert listschedule.makespan(plan, seconds, 2) == 6.0
+    # Wave by wave, Y waits for Z2 as well (1-3): Y 3-8.
+    assert listschedule.makespan(plan, seconds, 2, strict_waves=True) == 8.0
+    assert listschedule.makespan(plan, seconds, 1) == 10.0
+    assert listschedule.makespan(plan, seconds, 4) == 6.0
+
+
+@pytest.mark.slow
+def test_bench_schedule_small_run_figures_hang_together() -> None:
+    result = runner.invoke(
+        app,
+        ["bench", "schedule", "--tickets", "60", "--agents", "10", "--target-s", "3", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    f = json.loads(result.stdout)
+    assert (f["tickets"], f["agents"], f["waves"], f["db"]) == (60, 10, 8, "sqlite")
+    assert f["tickets_done"] == f["strict_tickets_done"] == 60
+    assert f["lower_bound_s"] == pytest.approx(3.0)
+    assert f["lower_bound_s"] == pytest.approx(
+        max(f["critical_path_s"], f["total_work_s"] / f["agents"]), abs=1e-3
+    )
+    assert f["lower_bound_s"] <= f["makespan_s"]
+    assert f["lower_bound_s"] <= f["strict_wave_makespan_s"]
+    assert f["lower_bound_s"] <= f["simulated_makespan_s"] + 1e-3
+    assert f["simulated_makespan_s"] <= f["simulated_strict_makespan_s"] + 1e-3
+    assert f["efficiency"] == pytest.approx(f["lower_bound_s"] / f["makespan_s"], abs=1e-3)
+    assert f["strict_ratio"] == pytest.approx(
+        f["makespan_s"] / f["strict_wave_makespan_s"], abs=1e-3
+    )
+    assert 0 < f["efficiency"] <= 1
+    assert f["claim_p50_ms"] is not None

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import FakeClock, require_postgres
+from swarmstack.bench.pg import scratch_database
+from swarmstack.db import NOTIFY_CHANNEL, Database
 from swarmstack.errors import Conflict
 from swarmstack.tickets.models import FixRequest, TicketResult, TicketState
 from swarmstack.tickets.store import TicketStore
@@ -126,6 +129,31 @@ def test_strict_waves_hold_the_next_wave_until_the_last_one_is_finished(
     assert max(woken) >= 1  # the claimers waiting for C are woken
     c = store.claim("a2")
     assert c is not None and c.ticket.key == "C"
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_wave_that_opens_notifies_every_replica(clock: FakeClock) -> None:
+    # Servers on PostgreSQL hear of ready tickets only through NOTIFY (each replica LISTENs):
+    # a wave that opens must say so there, or its claimers sleep out their long-poll nap.
+    import psycopg
+
+    require_postgres()
+    with scratch_database() as url:
+        store = TicketStore(Database(url), clock=clock)
+        store.migrate()
+        spec = plan(t("A", estimate=5), t("B"), t("C", ["B"]))
+        store.create_plan(spec.model_copy(update={"strict_waves": True}))
+        a, b = store.claim("a1"), store.claim("a2")
+        assert a is not None and b is not None
+        if a.ticket.key == "B":
+            a, b = b, a
+        store.complete(b.ticket.id, b.epoch, TicketResult())
+        with psycopg.connect(store.db.conninfo, autocommit=True) as listener:
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            store.complete(a.ticket.id, a.epoch, TicketResult())  # A frees no dependent
+            heard = [int(n.payload) for n in listener.notifies(timeout=1.0, stop_after=2)]
+        store.close()
+    assert max(heard) >= 1, heard
 
 
 def test_without_strict_waves_a_ticket_runs_as_soon_as_its_dependencies_are_done(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import statistics
 import tempfile
 import time
 from contextlib import ExitStack
@@ -29,6 +28,7 @@ from typing import Any, Literal
 from swarmstack.bench.dag import layered_plan
 from swarmstack.bench.pg import scratch_database
 from swarmstack.bench.serverproc import ServerProcess
+from swarmstack.bench.stats import percentile
 from swarmstack.client import AiohttpSwarmClient, SwarmClient
 from swarmstack.db import Database
 from swarmstack.errors import Unavailable
@@ -44,14 +44,6 @@ class _Record:
     completed: set[int] = field(default_factory=set)
     first_claim: float = 0.0
     last_complete: float = 0.0
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 3)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 3)
 
 
 async def _agents(url: str, token: str, agents: int, total: int, record: _Record) -> None:
@@ -165,10 +157,10 @@ def run(
         "dag": f"{-(-tickets // width)} layers of {width}, 1-2 dependencies each",
         "wall_s": round(wall, 3),
         "lifecycles_per_s": round(len(record.completed) / active, 1),
-        "claim_p50_ms": _pct(record.claim_ms, 50),
-        "claim_p99_ms": _pct(record.claim_ms, 99),
-        "dispatch_p50_ms": _pct(record.dispatch_ms, 50),
-        "dispatch_p99_ms": _pct(record.dispatch_ms, 99),
+        "claim_p50_ms": percentile(record.claim_ms, 50),
+        "claim_p99_ms": percentile(record.claim_ms, 99),
+        "dispatch_p50_ms": percentile(record.dispatch_ms, 50),
+        "dispatch_p99_ms": percentile(record.dispatch_ms, 99),
         "dispatch_samples": len(record.dispatch_ms),
         "double_claims": sum(n - 1 for n in record.claims_per_ticket.values() if n > 1),
         "lost": (tickets - server_done) + max(0, len(record.completed) - server_done),

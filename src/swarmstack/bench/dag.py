@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from swarmstack.tickets.models import PlanSpec, Requirement, TicketSpec
@@ -53,6 +54,49 @@ def layered_plan(tickets: int, *, width: int = 200, seed: int = 0, max_deps: int
             deps = sorted({f"T{previous + rng.randrange(width)}" for _ in range(k)})
         specs.append(_synthetic(i, deps, rng))
     return PlanSpec(title=f"layered DAG of {tickets} ({width} wide)", tickets=specs)
+
+
+def waved_plan(tickets: int, *, waves: int = 8, seed: int = 0, spread: float = 0.4) -> PlanSpec:
+    """A plan in ``waves`` topological generations shaped as designed plans are: a few
+    tickets first, the widest waves in the middle, fewer again at the end (wave sizes follow
+    a sine arch, each scaled by a random factor of 0.7-1.3).
+
+    A ticket of wave k > 0 depends on one random ticket of wave k - 1, which puts it in wave
+    k, and half of them also on a random ticket of one of the four waves before it.
+    Estimates are lognormal (median 1, ``spread`` the sigma of their logarithm), rounded to
+    hundredths, as people estimate: most tickets alike, a few several times longer.
+    """
+    rng = random.Random(seed)
+    waves = max(1, min(waves, tickets))
+    weights = [
+        (0.25 + math.sin(math.pi * (k + 0.5) / waves)) * rng.uniform(0.7, 1.3) for k in range(waves)
+    ]
+    # Every wave gets one ticket; the rest are shared by weight, largest remainders first.
+    share = [(tickets - waves) * w / sum(weights) for w in weights]
+    widths = [1 + int(s) for s in share]
+    for k in sorted(range(waves), key=lambda k: int(share[k]) - share[k])[: tickets - sum(widths)]:
+        widths[k] += 1
+    layers: list[list[str]] = []
+    specs: list[TicketSpec] = []
+    for k, width in enumerate(widths):
+        layer = [f"T{len(specs) + j}" for j in range(width)]
+        for key in layer:
+            deps = set()
+            if k:
+                deps.add(rng.choice(layers[k - 1]))
+                if rng.random() < 0.5:
+                    deps.add(rng.choice(layers[rng.randint(max(0, k - 4), k - 1)]))
+            estimate = max(0.05, round(math.exp(rng.gauss(0.0, spread)), 2))
+            specs.append(
+                TicketSpec(
+                    id=key,
+                    title=f"wave {k} ticket {key}",
+                    depends_on=sorted(deps),
+                    estimate=estimate,
+                )
+            )
+        layers.append(layer)
+    return PlanSpec(title=f"waved DAG of {tickets} in {waves} waves", tickets=specs)
 
 
 def chain_plan(tickets: int) -> PlanSpec:

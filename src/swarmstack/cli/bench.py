@@ -41,6 +41,45 @@ def claims(
         console.print(result)
 
 
+@app.command("schedule")
+@guarded
+def schedule(
+    tickets: int = typer.Option(1000, "--tickets", min=1, max=100_000, help="Tickets in the DAG."),
+    agents: int = typer.Option(100, "--agents", min=1, max=2000, help="Concurrent agents."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the DAG and of the work durations."),
+    target_s: float = typer.Option(
+        60.0,
+        "--target-s",
+        min=0.1,
+        max=36_000,
+        help="Seconds the shortest possible run would take: durations are scaled to it.",
+    ),
+    waves: int = typer.Option(8, "--waves", min=1, max=1000, help="Waves of the DAG."),
+    db: DbKind = typer.Option(DbKind.SQLITE, "--db", help="Which database the server uses."),
+    postgres_url: str | None = typer.Option(
+        None, "--postgres-url", help="Admin URL to create a scratch database (postgres only)."
+    ),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """Agents over HTTP work a DAG of scripted tickets, by default and wave by wave: the
+    makespans against their lower bound."""
+    from swarmstack.bench import schedule as bench_schedule
+
+    result = bench_schedule.run(
+        tickets,
+        agents,
+        seed=seed,
+        target_s=target_s,
+        waves=waves,
+        db=db.value,
+        postgres_url=postgres_url,
+    )
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)
+
+
 @app.command("validate")
 @guarded
 def validate(

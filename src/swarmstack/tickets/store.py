@@ -934,8 +934,17 @@ class TicketStore:
                 "WHERE plan_id = :p AND state = 'ready') AS ready",
                 {"p": plan_id, "w": wave},
             )
-        if row is not None and int(row["open"]) == 0 and int(row["ready"]) > 0:
-            self._publish(int(row["ready"]))
+        if row is None or int(row["open"]) or not int(row["ready"]):
+            return
+        ready = int(row["ready"])
+        if self.db.dialect is POSTGRESQL:
+            # Servers on PostgreSQL hear of ready tickets only through NOTIFY: without it,
+            # this wave's claimers would sleep until their long-poll's next check.
+            self.db.execute_once(
+                "SELECT pg_notify(:channel, :ready)",
+                {"channel": NOTIFY_CHANNEL, "ready": str(ready)},
+            )
+        self._publish(ready)
 
     def fail(self, ticket_id: int, epoch: int, reason: str, *, retryable: bool = True) -> Ticket:
         """Give a ticket up under a live lease: back to ready after a backoff, or dead."""
