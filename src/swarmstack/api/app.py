@@ -22,6 +22,7 @@ from swarmstack.api import (
     lean,
     routes_admin,
     routes_agents,
+    routes_dashboard,
     routes_events,
     routes_forge,
     routes_git,
@@ -141,6 +142,7 @@ def create_app(
     app.include_router(routes_llm.router)
     app.include_router(routes_git.router)
     app.include_router(routes_forge.router)
+    app.include_router(routes_dashboard.router)
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(

@@ -35,6 +35,23 @@ async def list_events(
     return EventPage(events=events, last_seq=events[-1].seq if events else after)
 
 
+AUTH_MESSAGE_S = 5.0
+
+
+async def _first_message_token(websocket: WebSocket) -> str | None:
+    """The token of a first message ``{"token": "..."}``; None when none comes in time."""
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), timeout=AUTH_MESSAGE_S)
+    except TimeoutError:
+        return None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    value = message.get("token") if isinstance(message, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 @router.websocket("/events/ws")
 async def stream_events(
     websocket: WebSocket,
@@ -46,17 +63,23 @@ async def stream_events(
 ) -> None:
     """Replay every event after ``after``, then stream new ones as they commit.
 
-    Authenticate with ``Authorization: Bearer`` or ``?token=``; a refused handshake closes
-    with code 4401 (no token or a bad one) or 4403 (not an admin)."""
+    Authenticate with ``Authorization: Bearer``, or — what a browser does, since it can set no
+    header and a token must not be in a URL — with a first message ``{"token": "..."}`` within
+    five seconds (``?token=`` is still taken, for clients that can do nothing else). A refused
+    handshake closes with code 4401 (no token or a bad one) or 4403 (not an admin)."""
     state: AppState = websocket.app.state.swarm
     # Accept first, then close with a reason: a refusal before accept reaches the client only
     # as a bare HTTP 403, and it could not tell a bad token from a missing one.
     await websocket.accept()
     try:
         header = websocket.headers.get("authorization", "")
+        if not header and token is None:
+            token = await _first_message_token(websocket)
         require_admin(await state.authenticate_header(header, fallback=token))
     except SwarmError as exc:
         await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
+        return
+    except WebSocketDisconnect:
         return
 
     async def until_closed() -> None:
