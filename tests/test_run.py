@@ -92,6 +92,11 @@ def test_interrupted_and_resumed_a_run_loses_nothing_and_repeats_no_finished_tic
         assert first.returncode == 130, err[-3000:]
         stopped = json.loads(out)
         assert stopped["interrupted"] is True and stopped["tickets_done"] >= 1
+        # The dashboard's address is printed; its token only written, for this user alone.
+        token_file = data / "admin.token"
+        assert f"dashboard: {stopped['api_url']}/" in err
+        assert token_file.stat().st_mode & 0o077 == 0
+        assert token_file.read_text().strip() not in out + err
         # Stopped cleanly: no lease held, no sandbox left.
         states = _states(db)
         assert "claimed" not in states, states

@@ -206,8 +206,15 @@ class SwarmRun:
         self.server.start(timeout=60)
         stack.callback(self.server.stop)
         self.url = self.server.url
+        # The dashboard asks for this token: it is written where only this user can read it,
+        # never printed.
+        token_file = self.data_dir / "admin.token"
+        token_file.touch(mode=0o600)
+        token_file.chmod(0o600)
+        token_file.write_text(self.server.admin_token + "\n")
         self.console.print(
-            f"control plane: {self.url} (data in {self.data_dir}, log {self.server.log_path})",
+            f"dashboard: {self.url}/ (sign in with the token in {token_file}); data in "
+            f"{self.data_dir}, log {self.server.log_path}",
             highlight=False,
         )
         return self.url, self.server.admin_token

@@ -204,7 +204,7 @@ class AgentHost:
                 upcoming = asyncio.create_task(self._launch(slot))
                 run = await launched.finish()
                 report.runs.append(run)
-                if run.exit_code != 0 and not run.outcomes:
+                if run.exit_code != 0 and not run.outcomes and not self._stopping.is_set():
                     log.warning(
                         "slot %d: the runner exited with %d: %s",
                         slot,
