@@ -466,7 +466,12 @@ def test_cli_plan_import(server: ServerProcess, admin: SwarmClient, tmp_path: Pa
     assert plan.title == "cli import"
     assert {t.max_attempts for t in admin.all_tickets(plan_id=plan.id)} == {9}
 
-    before = admin.list_plans()
+    # What a refused import must not change: the plans and their tickets (their states may
+    # move meanwhile: the sweeper ends other tests' backoffs).
+    def stored() -> list[tuple[int, str, int]]:
+        return [(p.id, p.title, p.ticket_count) for p in admin.list_plans()]
+
+    before = stored()
     bad = write_plan(tmp_path / "bad.json", cyclic())
     result = cli(server, "plan", "import", str(bad))
     assert result.exit_code == 1, result.output
@@ -476,7 +481,7 @@ def test_cli_plan_import(server: ServerProcess, admin: SwarmClient, tmp_path: Pa
     result = cli(server, "plan", "import", str(bad), "--json")
     assert result.exit_code == 1
     assert ValidationReport.model_validate_json(result.stdout).valid is False
-    assert admin.list_plans() == before
+    assert stored() == before
 
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "latin1.json").write_bytes(b'{"title": "\xff"}')
@@ -485,7 +490,7 @@ def test_cli_plan_import(server: ServerProcess, admin: SwarmClient, tmp_path: Pa
         assert_one_line_error(result, 2)
     result = cli(server, "plan", "import", str(tmp_path / "latin1.json"))
     assert "UTF-8" in assert_one_line_error(result, 2)
-    assert admin.list_plans() == before
+    assert stored() == before
 
 
 def test_cli_plan_validate(tmp_path: Path) -> None:
