@@ -43,7 +43,7 @@ def test_the_builtin_driver_implements_a_ticket_through_the_gateway(tmp_path: Pa
     with swarm_world(tmp_path, {"sessions": [session]}, PLAN) as world:
         [outcome] = _runner(world, tmp_path, "builtin").run()
         assert outcome.state == "done", outcome.detail
-        ticket = world.ticket("T-1")
+        ticket = world.settled("T-1")  # merging until the merge queue has merged it
         assert ticket.state is TicketState.DONE and ticket.result is not None
         assert (ticket.result.summary, ticket.result.branch) == ("Added sub().", "swarm/1")
         assert "+def sub(a, b):" in world.admin.pull_diff(ticket.id)
@@ -61,7 +61,7 @@ def test_a_failing_agent_fails_the_ticket_with_its_words(tmp_path: Path) -> None
         )
         [outcome] = _runner(world, tmp_path, "command", command=command).run()
         assert outcome.state == "failed"
-        ticket = world.ticket("T-1")
+        ticket = world.settled("T-1")  # merging until the merge queue has merged it
         assert ticket.state is TicketState.FAILED and ticket.attempts == 1
         assert ticket.last_error is not None and "no idea how to do T-1" in ticket.last_error
         errors = [e.data for e in world.events(ticket.id) if e.kind == "agent.error"]
@@ -72,7 +72,7 @@ def test_an_agent_that_changes_nothing_completes_without_a_branch(tmp_path: Path
     with swarm_world(tmp_path, {"sessions": []}, PLAN) as world:
         [outcome] = _runner(world, tmp_path, "command", command="true").run()
         assert outcome.state == "done"
-        ticket = world.ticket("T-1")
+        ticket = world.settled("T-1")  # merging until the merge queue has merged it
         assert ticket.state is TicketState.DONE and ticket.result is not None
         assert ticket.result.branch is None
         assert world.admin.list_pulls(world.plan_id) == []
@@ -90,7 +90,7 @@ def test_a_restarted_runner_releases_the_lease_it_left_behind(tmp_path: Path) ->
         state_file.write_text(lease.model_dump_json())
         (tmp_path / "work" / "ticket-1").mkdir(parents=True)
         runner.recover()
-        ticket = world.ticket("T-1")
+        ticket = world.settled("T-1")  # merging until the merge queue has merged it
         assert (ticket.state, ticket.attempts) == (TicketState.READY, 0)
         released = [e for e in world.events(ticket.id) if e.kind == "ticket.released"]
         assert released[0].data["reason"] == "the agent runner restarted"
