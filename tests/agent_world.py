@@ -44,6 +44,23 @@ SAMPLE_FILES = {
 }
 
 
+def builtin_sub_session(key: str = "T-1") -> dict[str, Any]:
+    """A scripted session for the builtin driver: it adds ``sub()`` to the sample repository's
+    ``calc.py``, checks it with a command, and says so."""
+    import sys
+
+    sub = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+    check = f"{sys.executable} -c 'import calc; assert calc.sub(5, 3) == 2; print(\"sub ok\")'"
+    return {
+        "match": rf"\b{key}\b",
+        "turns": [
+            [{"tool_use": {"name": "write_file", "input": {"path": "calc.py", "content": sub}}}],
+            [{"tool_use": {"name": "run", "input": {"command": check}}}],
+            "Added sub().",
+        ],
+    }
+
+
 def sample_repo(path: Path) -> Path:
     """A git repository with a module and its unittest suite, on ``main``."""
     return make_repo(path, SAMPLE_FILES, "calc")

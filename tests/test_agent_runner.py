@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent_world import SwarmWorld, swarm_world
+from agent_world import SwarmWorld, builtin_sub_session, swarm_world
 from swarmstack.agent.drivers import make_driver
 from swarmstack.agent.runner import Runner, RunnerConfig
 from swarmstack.tickets.models import PlanSpec, TicketSpec, TicketState
@@ -16,8 +16,14 @@ from swarmstack.tickets.models import PlanSpec, TicketSpec, TicketState
 PLAN = PlanSpec(title="calc", tickets=[TicketSpec(id="T-1", title="Add sub()")])
 
 
-def _runner(world: SwarmWorld, tmp_path: Path, driver: str, **options: Any) -> Runner:
-    config = RunnerConfig(
+def _runner(
+    world: SwarmWorld,
+    tmp_path: Path,
+    driver: str,
+    config: dict[str, Any] | None = None,
+    **options: Any,
+) -> Runner:
+    settings = RunnerConfig(
         api_url=world.url,
         token=world.agent_token,
         agent="test-runner",
@@ -26,20 +32,13 @@ def _runner(world: SwarmWorld, tmp_path: Path, driver: str, **options: Any) -> R
         wait_s=1.0,
         max_tickets=1,
     )
-    return Runner(config, make_driver(driver, **options))
+    for name, value in (config or {}).items():
+        setattr(settings, name, value)
+    return Runner(settings, make_driver(driver, **options))
 
 
 def test_the_builtin_driver_implements_a_ticket_through_the_gateway(tmp_path: Path) -> None:
-    sub = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-    check = f"{sys.executable} -c 'import calc; assert calc.sub(5, 3) == 2; print(\"sub ok\")'"
-    session = {
-        "match": r"\bT-1\b",
-        "turns": [
-            [{"tool_use": {"name": "write_file", "input": {"path": "calc.py", "content": sub}}}],
-            [{"tool_use": {"name": "run", "input": {"command": check}}}],
-            "Added sub().",
-        ],
-    }
+    session = builtin_sub_session()
     with swarm_world(tmp_path, {"sessions": [session]}, PLAN) as world:
         [outcome] = _runner(world, tmp_path, "builtin").run()
         assert outcome.state == "done", outcome.detail
@@ -122,3 +121,45 @@ def test_swarm_agent_refuses_unusable_input_with_one_line(tmp_path: Path) -> Non
         done = agent(*args)
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_runner_reports_its_sandbox_and_an_admin_can_stop_it(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    with swarm_world(tmp_path, {"sessions": []}, PLAN) as world:
+        config = {
+            "heartbeat_s": 0.2,
+            "max_tickets": None,  # only the lost lease ends it
+            "end_on_lost": True,
+            "sandbox_backend": "host",
+        }
+        runner = _runner(world, tmp_path, "command", config, command="sleep 120")
+        outcomes: list[Any] = []
+        thread = threading.Thread(target=lambda: outcomes.extend(runner.run()))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60  # a hang detector only
+            while True:
+                agents = world.admin.agents(world.plan_id)
+                usage = agents[0].sandbox if agents else None
+                # the runner and the driver's command, measured over two samples
+                if usage and usage.cpu_percent is not None and (usage.processes or 0) >= 2:
+                    break
+                assert time.monotonic() < deadline, agents
+                time.sleep(0.05)
+            [agent] = agents
+            assert (agent.agent, agent.ticket_key, agent.attempt) == ("test-runner", "T-1", 1)
+            assert agent.stale is False and agent.claimed_at is not None
+            assert usage.backend == "host" and (usage.memory_bytes or 0) > 1_000_000
+            ticket = world.admin.stop(agent.ticket_id, "looks stuck")
+            assert (ticket.state, ticket.attempts) == (TicketState.READY, 0)
+            thread.join(60)
+            assert not thread.is_alive()  # its next heartbeat was refused and it ended
+        finally:
+            runner.stop()
+            thread.join(60)
+        assert [o.state for o in outcomes] == ["lost"]
+        released = [e.data for e in world.events(ticket.id) if e.kind == "ticket.released"]
+        assert released == [{"epoch": 1, "reason": "looks stuck"}]
+        assert world.admin.agents(world.plan_id) == []

@@ -198,6 +198,43 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
 # -- the agent protocol ----------------------------------------------------------------------
 
 
+def test_agents_at_work_show_their_sandboxes_and_an_admin_can_stop_one(api: Api) -> None:
+    plan = api.plan(chain())
+    agent = api.token("agent", "host-1")
+    assert api.get("/v1/agents").json() == []
+    lease = api.claim(agent, agent="sandbox-7", plan_id=plan["id"])
+    ticket_id, beat = lease["ticket"]["id"], f"/v1/tickets/{lease['ticket']['id']}/heartbeat"
+    usage = {"backend": "bwrap", "sandbox_id": "sb-1", "memory_bytes": 5 << 20, "cpu_percent": 40}
+    r = api.post(beat, lease["token"], json_body={"epoch": 1, "sandbox": usage})
+    assert r.status_code == 200, r.text
+    # A beat without a report keeps the last one.
+    assert api.post(beat, lease["token"], json_body={"epoch": 1}).status_code == 200
+    [seen] = api.get("/v1/agents", params={"plan_id": plan["id"]}).json()
+    assert (seen["agent"], seen["ticket_key"], seen["attempt"]) == ("sandbox-7", "A", 1)
+    assert seen["stale"] is False and seen["fixing"] is False
+    assert seen["sandbox"] == {**usage, "processes": None}
+    assert api.get("/v1/agents", params={"plan_id": 999}).json() == []
+    # Only an admin sees the agents or stops one; bad reports are refused with a reason.
+    assert_error(api.get("/v1/agents", agent), 403)
+    assert_error(api.post(f"/v1/tickets/{ticket_id}/stop", agent), 403)
+    bad = api.post(beat, lease["token"], json_body={"epoch": 1, "sandbox": {"memory_bytes": -1}})
+    assert "memory_bytes" in assert_error(bad, 422)["message"]
+
+    r = api.post(f"/v1/tickets/{ticket_id}/stop", json_body={"reason": "looks stuck"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["attempts"]) == ("ready", 0)
+    assert_error(api.post(beat, lease["token"], json_body={"epoch": 1}), 409)
+    assert api.get("/v1/agents").json() == []
+    again = api.post(f"/v1/tickets/{ticket_id}/stop")
+    assert "no agent is at work on it" in assert_error(again, 409)["message"]
+    assert_error(api.post("/v1/tickets/99999/stop"), 404)
+    # The next attempt does not show the last one's sandbox.
+    second = api.claim(agent, agent="sandbox-8", plan_id=plan["id"])
+    assert second["epoch"] == 2
+    [fresh] = api.get("/v1/agents").json()
+    assert fresh["agent"] == "sandbox-8" and fresh["sandbox"] is None
+
+
 def test_claim_heartbeat_complete_round_trip(api: Api) -> None:
     plan = api.plan(diamond())
     assert plan["ticket_count"] == 4
@@ -943,6 +980,8 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/plans/{plan_id}/spec"),
     ("put", "/v1/plans/{plan_id}/spec"),
     ("post", "/v1/plans/{plan_id}/approve"),
+    ("post", "/v1/plans/{plan_id}/pause"),
+    ("post", "/v1/plans/{plan_id}/resume"),
     ("get", "/v1/tickets"),
     ("get", "/v1/usage"),
     ("post", "/v1/plans/{plan_id}/repo"),
@@ -953,6 +992,8 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/tickets/{ticket_id}"),
     ("post", "/v1/tickets/{ticket_id}/cancel"),
     ("post", "/v1/tickets/{ticket_id}/retry"),
+    ("post", "/v1/tickets/{ticket_id}/stop"),
+    ("get", "/v1/agents"),
     ("get", "/v1/events"),
     # the VM API (tests/test_vm_api.py)
     ("get", "/v1/vms"),

@@ -422,6 +422,45 @@ async def test_async_long_poll_is_woken_by_a_completion(
     assert second.ticket.lease_agent == "poller"
 
 
+async def test_a_resumed_plan_wakes_the_claim_parked_while_it_was_paused(
+    server: ServerProcess, admin: SwarmClient, agent_token: str
+) -> None:
+    import asyncio
+
+    plan = admin.create_plan(PlanSpec(title="paused", tickets=[tk("only")]))
+    with SwarmClient(server.url, agent_token) as agent, pytest.raises(Forbidden):
+        agent.pause_plan(plan.id)
+    assert admin.pause_plan(plan.id).paused is True
+    async with (
+        AsyncSwarmClient(server.url, agent_token) as client,
+        httpx.AsyncClient(base_url=server.url) as raw,
+    ):
+        waiting = asyncio.create_task(client.claim("poller", plan_id=plan.id, wait_s=60))
+        for _ in range(6000):  # a bound, not a timing assertion
+            if "swarm_claim_waiters 1.0" in (await raw.get("/metrics")).text:
+                break
+            assert not waiting.done(), waiting.result()  # the ready ticket is held
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the long-poll claim never parked")
+        assert admin.resume_plan(plan.id).paused is False
+        lease = await asyncio.wait_for(waiting, timeout=120)  # a hang detector only
+    assert lease is not None and lease.ticket.key == "only"
+
+
+def test_cli_plan_pause_and_resume(server: ServerProcess, admin: SwarmClient) -> None:
+    plan = admin.create_plan(PlanSpec(title="to pause", tickets=[tk("a"), tk("b", ["a"])]))
+    result = cli(server, "plan", "pause", str(plan.id))
+    assert result.exit_code == 0, result.output
+    assert f"plan {plan.id} paused: no new claims" in result.output
+    assert admin.get_plan(plan.id).paused is True
+    result = cli(server, "plan", "resume", str(plan.id), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["paused"] is False
+    line = assert_one_line_error(cli(server, "plan", "pause", "99999"), 1)
+    assert "no plan 99999" in line
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 
 runner = CliRunner()
@@ -700,6 +739,8 @@ def test_every_command_has_help_text_and_help_works() -> None:
         "plan import",
         "plan show",
         "plan approve",
+        "plan pause",
+        "plan resume",
         "plan export",
         "plan design",
         "plan log",

@@ -9,7 +9,7 @@ import pytest
 from conftest import FakeClock, require_postgres
 from swarmstack.bench.pg import scratch_database
 from swarmstack.db import NOTIFY_CHANNEL, Database
-from swarmstack.errors import Conflict
+from swarmstack.errors import Conflict, NotFound
 from swarmstack.tickets.models import FixRequest, TicketResult, TicketState
 from swarmstack.tickets.store import TicketStore
 from test_store import diamond, ids, plan, t
@@ -154,6 +154,60 @@ def test_on_postgresql_a_wave_that_opens_notifies_every_replica(clock: FakeClock
             heard = [int(n.payload) for n in listener.notifies(timeout=1.0, stop_after=2)]
         store.close()
     assert max(heard) >= 1, heard
+
+
+def test_a_paused_plan_hands_out_nothing_until_resumed_and_its_work_at_hand_finishes(
+    store: TicketStore,
+) -> None:
+    p = store.create_plan(plan(t("A"), t("B"), t("C", ["A"])))
+    other = store.create_plan(plan(t("X")))
+    a = store.claim("a1", plan_id=p.id)
+    assert a is not None
+    paused = store.pause_plan(p.id, reason="look at it")
+    assert paused.paused is True
+    assert store.pause_plan(p.id).paused is True  # twice: the same, one event
+    assert store.claim("a2", plan_id=p.id) is None  # B is ready but held
+    x = store.claim("a2")  # another plan's tickets still go out
+    assert x is not None and x.ticket.plan_id == other.id
+    assert store.claim("a3") is None
+    # The ticket at work finishes, and frees its dependent, which is held too.
+    store.complete(a.ticket.id, a.epoch, TicketResult())
+    held = {x.key: x.state for x in store.list_tickets(plan_id=p.id)}
+    assert held["C"] is READY and held["B"] is READY
+    assert store.claim("a3") is None
+
+    woken: list[int] = []
+    store.subscribe(lambda change: woken.append(change.ready))
+    resumed = store.resume_plan(p.id)
+    assert resumed.paused is False and max(woken) == 2  # both held tickets, at once
+    assert store.resume_plan(p.id).paused is False
+    got = {store.claim("a3").ticket.key, store.claim("a4").ticket.key}  # type: ignore[union-attr]
+    assert got == {"B", "C"}
+    plan_events = [
+        (e.kind, e.data) for e in store.events_after(0, limit=10_000, plan_id=p.id)
+        if e.kind.startswith("plan.p") or e.kind.startswith("plan.r")
+    ]  # fmt: skip
+    assert plan_events == [
+        ("plan.paused", {"reason": "look at it"}),
+        ("plan.resumed", {"ready": 2}),
+    ]
+    with pytest.raises(NotFound, match="no plan 999"):
+        store.pause_plan(999)
+    with pytest.raises(NotFound, match="no plan 999"):
+        store.resume_plan(999)
+
+
+def test_a_paused_strict_plan_stays_held_when_its_wave_opens(store: TicketStore) -> None:
+    spec = plan(t("A"), t("B", ["A"])).model_copy(update={"strict_waves": True})
+    p = store.create_plan(spec)
+    a = store.claim("a1")
+    assert a is not None
+    store.pause_plan(p.id)
+    store.complete(a.ticket.id, a.epoch, TicketResult())  # wave 1 opens, but the plan is paused
+    assert store.claim("a2") is None
+    store.resume_plan(p.id)
+    b = store.claim("a2")
+    assert b is not None and b.ticket.key == "B"
 
 
 def test_without_strict_waves_a_ticket_runs_as_soon_as_its_dependencies_are_done(

@@ -189,3 +189,17 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert result.exit_code == 2, result.output
     assert says in result.output and "Traceback" not in result.output
     assert not (tmp_path / "d" / "control-plane").exists()  # no control plane was started
+
+
+def test_the_board_says_when_the_plan_is_paused_and_how_to_resume_it() -> None:
+    from rich.console import Console
+
+    from swarmstack.run import Board
+    from swarmstack.tickets.models import Plan
+
+    plan = Plan(id=4, title="a plan", description="", created_at=0.0, ticket_count=3)
+    console = Console(width=120, record=True)
+    console.print(Board(plan, 2, "bwrap", "http://127.0.0.1:1").render())
+    assert "paused" not in console.export_text()
+    console.print(Board(plan.model_copy(update={"paused": True}), 2, "bwrap", "x").render())
+    assert "paused: no new tickets start until `swarm plan resume 4`" in console.export_text()

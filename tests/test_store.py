@@ -326,6 +326,20 @@ def test_heartbeat_extends_the_lease(store: TicketStore, clock: FakeClock) -> No
     assert store.get_ticket(tid).state is DONE
 
 
+def test_an_agent_without_a_heartbeat_for_two_thirds_of_its_lease_is_stale(
+    store: TicketStore, clock: FakeClock
+) -> None:
+    store.create_plan(plan(t("A")))
+    lease = store.claim("a1", ttl_s=30)
+    assert lease is not None
+    clock.advance(19)
+    assert [a.stale for a in store.agents()] == [False]
+    clock.advance(2)  # 21 s of a 30 s lease without a beat: two beats missed
+    assert [a.stale for a in store.agents()] == [True]
+    store.heartbeat(lease.ticket.id, lease.epoch, ttl_s=30)
+    assert [(a.stale, a.agent) for a in store.agents()] == [(False, "a1")]
+
+
 def test_an_expired_lease_is_refused_before_the_sweeper_runs(
     store: TicketStore, clock: FakeClock
 ) -> None:

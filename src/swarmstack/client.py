@@ -45,11 +45,13 @@ from swarmstack.sandbox.base import (
 )
 from swarmstack.sandbox.gitops import GitCommit, GitDiff, GitStatus
 from swarmstack.tickets.models import (
+    AgentStatus,
     Event,
     Lease,
     Plan,
     PlanSpec,
     PullRequest,
+    SandboxUsage,
     Ticket,
     TicketResult,
     TicketState,
@@ -151,6 +153,14 @@ class Calls:
         return Call("PUT", f"/v1/plans/{plan_id}/spec", _model(Plan), spec.model_dump(mode="json"))
 
     @staticmethod
+    def pause_plan(plan_id: int) -> Call[Plan]:
+        return Call("POST", f"/v1/plans/{plan_id}/pause", _model(Plan))
+
+    @staticmethod
+    def resume_plan(plan_id: int) -> Call[Plan]:
+        return Call("POST", f"/v1/plans/{plan_id}/resume", _model(Plan))
+
+    @staticmethod
     def approve_plan(plan_id: int, max_attempts: int | None = None) -> Call[Plan]:
         params = {"max_attempts": max_attempts} if max_attempts else {}
         return Call("POST", f"/v1/plans/{plan_id}/approve", _model(Plan), params=params)
@@ -208,6 +218,16 @@ class Calls:
         return Call("POST", f"/v1/tickets/{ticket_id}/retry", _model(Ticket))
 
     @staticmethod
+    def stop(ticket_id: int, reason: str | None = None) -> Call[Ticket]:
+        body = {"reason": reason} if reason else None
+        return Call("POST", f"/v1/tickets/{ticket_id}/stop", _model(Ticket), body)
+
+    @staticmethod
+    def agents(plan_id: int | None = None) -> Call[list[AgentStatus]]:
+        params: dict[str, Any] = {"plan_id": plan_id} if plan_id is not None else {}
+        return Call("GET", "/v1/agents", _list(AgentStatus), params=params)
+
+    @staticmethod
     def claim(
         agent: str, plan_id: int | None = None, wait_s: float = 0.0, ttl_s: float | None = None
     ) -> Call[Lease | None]:
@@ -220,10 +240,14 @@ class Calls:
         return Call("POST", "/v1/claims", _lease_or_none, body, timeout=wait_s + 30)
 
     @staticmethod
-    def heartbeat(lease: Lease, ttl_s: float | None = None) -> Call[float]:
+    def heartbeat(
+        lease: Lease, ttl_s: float | None = None, sandbox: SandboxUsage | None = None
+    ) -> Call[float]:
         body: dict[str, Any] = {"epoch": lease.epoch}
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
+        if sandbox is not None:
+            body["sandbox"] = sandbox.model_dump(mode="json", exclude_none=True)
         return Call(
             "POST",
             f"/v1/tickets/{lease.ticket.id}/heartbeat",
@@ -563,6 +587,12 @@ class SwarmClient:
     def approve_plan(self, plan_id: int, max_attempts: int | None = None) -> Plan:
         return self.send(Calls.approve_plan(plan_id, max_attempts))
 
+    def pause_plan(self, plan_id: int) -> Plan:
+        return self.send(Calls.pause_plan(plan_id))
+
+    def resume_plan(self, plan_id: int) -> Plan:
+        return self.send(Calls.resume_plan(plan_id))
+
     def validate_plan(self, spec: PlanSpec, strict: bool = False) -> ValidationReport:
         return self.send(Calls.validate_plan(spec, strict))
 
@@ -598,11 +628,19 @@ class SwarmClient:
     def retry(self, ticket_id: int) -> Ticket:
         return self.send(Calls.retry(ticket_id))
 
+    def stop(self, ticket_id: int, reason: str | None = None) -> Ticket:
+        return self.send(Calls.stop(ticket_id, reason))
+
+    def agents(self, plan_id: int | None = None) -> list[AgentStatus]:
+        return self.send(Calls.agents(plan_id))
+
     def claim(self, agent: str, **kwargs: Any) -> Lease | None:
         return self.send(Calls.claim(agent, **kwargs))
 
-    def heartbeat(self, lease: Lease, ttl_s: float | None = None) -> float:
-        return self.send(Calls.heartbeat(lease, ttl_s))
+    def heartbeat(
+        self, lease: Lease, ttl_s: float | None = None, sandbox: SandboxUsage | None = None
+    ) -> float:
+        return self.send(Calls.heartbeat(lease, ttl_s, sandbox))
 
     def complete(self, lease: Lease, result: TicketResult | None = None) -> Ticket:
         return self.send(Calls.complete(lease, result))

@@ -338,8 +338,8 @@ class SwarmRun:
                 work = asyncio.create_task(host.run(), name="swarm-run-pool")
                 with self._live(board) as update:
                     while True:
-                        tickets = await asyncio.to_thread(admin.all_tickets, plan_id=plan.id)
-                        board.tickets = tickets
+                        board.tickets = await asyncio.to_thread(admin.all_tickets, plan_id=plan.id)
+                        board.plan = await asyncio.to_thread(admin.get_plan, plan.id)
                         update()
                         if board.settled:
                             break
@@ -462,6 +462,11 @@ class Board:
             f"[bold]{escape(self.plan.title)}[/] — plan {self.plan.id}, {self.agents} agents "
             f"({self.backend}), control plane {self.url}"
         )
+        if self.plan.paused:
+            head += (
+                f"\n[bold yellow]paused[/]: no new tickets start until "
+                f"`swarm plan resume {self.plan.id}`"
+            )
         overall = Table.grid(padding=(0, 1))
         overall.add_row(
             "overall",

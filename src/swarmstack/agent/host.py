@@ -234,6 +234,9 @@ class AgentHost:
         c = self.config
         argv = [*self._runtime.argv, "--token-file", TOKEN_FILE, "--json"]
         argv += ["--max-tickets", str(c.tickets_per_sandbox), "--wait", str(c.wait_s)]
+        # A lease taken away (an admin stopped it) or run out ends this sandbox: a fresh one
+        # replaces it.
+        argv += ["--sandbox-backend", c.backend, "--end-on-lost"]
         if c.idle_exit_s is not None:
             argv += ["--idle-exit", str(c.idle_exit_s)]
         if c.plan_id is not None:

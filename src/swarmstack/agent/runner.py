@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
 import signal
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmstack.agent.task import Dependency, Driver, DriverResult, LogKind, Task, clip
+from swarmstack.agent.usage import UsageSampler
 from swarmstack.agent.workspace import GitError, Workspace
 from swarmstack.client import SwarmClient
 from swarmstack.errors import StaleLease, SwarmError, Unavailable
@@ -57,6 +59,8 @@ class RunnerConfig:
     model: str | None = None
     llm_url: str | None = None  # None: <api_url>/llm
     env: dict[str, str] = field(default_factory=dict)
+    sandbox_backend: str | None = None  # reported with each heartbeat, with the sandbox's use
+    end_on_lost: bool = False  # a lost lease ends the runner (its host makes a fresh sandbox)
 
 
 @dataclass
@@ -78,6 +82,9 @@ class Runner:
         self.api = SwarmClient(config.api_url, config.token, timeout=60.0)
         self.stopping = threading.Event()  # SIGTERM: finish nothing new, release the lease
         self.outcomes: list[Outcome] = []
+        self.usage = UsageSampler(
+            backend=config.sandbox_backend, sandbox_id=os.environ.get("SWARM_SANDBOX_ID")
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -124,6 +131,8 @@ class Runner:
                 + (f": {outcome.detail}" if outcome.detail else ""),
                 flush=True,
             )
+            if outcome.state == "lost" and self.config.end_on_lost:
+                break
             idle_since = time.monotonic()
         return self.outcomes
 
@@ -284,6 +293,7 @@ class _Session:
         self._deadline_timer: threading.Timer | None = None
 
     def start(self) -> None:
+        self.runner.usage.sample()  # the first heartbeat's cpu is measured from here
         for thread in self._threads:
             thread.start()
         # SIGTERM reaches the driver through the session's stop
@@ -308,7 +318,8 @@ class _Session:
     def _heartbeat(self) -> None:
         while not self._done.wait(self.interval):
             try:
-                self.api.heartbeat(self.lease, self.runner.config.ttl_s)
+                usage = self.runner.usage.sample()
+                self.api.heartbeat(self.lease, self.runner.config.ttl_s, sandbox=usage)
             except StaleLease as exc:
                 self._lose(exc.message)
                 return

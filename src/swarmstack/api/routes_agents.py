@@ -121,7 +121,9 @@ async def heartbeat(request: Request) -> Response:
     """Extend a live lease. 409 if the lease is stale or expired: stop working on it."""
     body = await lean.body(request, HeartbeatRequest)
     state, ticket_id = await _lease_write(request, body.epoch)
-    expires = await state.call(state.store.heartbeat, ticket_id, body.epoch, ttl_s=body.ttl_s)
+    expires = await state.call(
+        state.store.heartbeat, ticket_id, body.epoch, ttl_s=body.ttl_s, sandbox=body.sandbox
+    )
     return _json(HeartbeatResponse(ticket_id=ticket_id, epoch=body.epoch, expires_at=expires))
 
 

@@ -12,6 +12,7 @@ from swarmstack.api.designs import designs
 from swarmstack.api.schemas import (
     MAX_ID,
     CancelRequest,
+    StopRequest,
     TicketPage,
 )
 from swarmstack.api.state import (
@@ -21,6 +22,7 @@ from swarmstack.api.state import (
 from swarmstack.design.request import DesignRequest
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
+    AgentStatus,
     Phase,
     Plan,
     PlanSpec,
@@ -180,6 +182,31 @@ async def approve_plan(
     return ctx.state.store.approve(plan_id, max_attempts=max_attempts)
 
 
+@router.post(
+    "/plans/{plan_id:int}/pause",
+    response_model=Plan,
+    responses=error_responses(403, 404),
+    tags=["plans"],
+)
+async def pause_plan(plan_id: IdPath, ctx: Context) -> Plan:
+    """Pause a plan's run: no ticket of it is handed out until it is resumed. Agents at work
+    finish their tickets and the merge queue goes on merging. Pausing twice changes nothing."""
+    require_admin(ctx.caller)
+    return await ctx.state.call(ctx.state.store.pause_plan, plan_id)
+
+
+@router.post(
+    "/plans/{plan_id:int}/resume",
+    response_model=Plan,
+    responses=error_responses(403, 404),
+    tags=["plans"],
+)
+async def resume_plan(plan_id: IdPath, ctx: Context) -> Plan:
+    """Resume a paused plan: its ready tickets are handed out again at once."""
+    require_admin(ctx.caller)
+    return await ctx.state.call(ctx.state.store.resume_plan, plan_id)
+
+
 # -- tickets -------------------------------------------------------------------------------
 
 
@@ -224,6 +251,36 @@ async def cancel_ticket(
     """Cancel a ticket that is not done. Cancelling twice is not an error."""
     require_admin(ctx.caller)
     return ctx.state.store.cancel(ticket_id, (body or CancelRequest()).reason)
+
+
+@router.post(
+    "/tickets/{ticket_id:int}/stop",
+    response_model=Ticket,
+    responses=error_responses(403, 404, 409),
+    tags=["tickets"],
+)
+async def stop_ticket(ticket_id: IdPath, ctx: Context, body: StopRequest | None = None) -> Ticket:
+    """Stop the agent at work on a ticket: its lease ends now, so its runner's next heartbeat
+    is refused and it stops, and its host replaces the sandbox. The ticket is ready for another
+    agent; the attempt does not count. 409 if no agent is at work on it."""
+    require_admin(ctx.caller)
+    reason = (body or StopRequest()).reason
+    return await ctx.state.call(ctx.state.store.stop, ticket_id, reason)
+
+
+@router.get(
+    "/agents",
+    response_model=list[AgentStatus],
+    responses=error_responses(403),
+    tags=["tickets"],
+)
+async def list_agents(
+    ctx: Context, plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+) -> list[AgentStatus]:
+    """The agents at work (each a live lease), with their sandboxes as last reported and
+    whether they look stuck (``stale``)."""
+    require_admin(ctx.caller)
+    return await ctx.state.call(ctx.state.store.agents, plan_id)
 
 
 @router.post(

@@ -7,7 +7,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema
 
 from swarmstack.sandbox.base import Limits, SandboxSpec
-from swarmstack.tickets.models import Event, Integer, Number, Text, Ticket, TicketResult
+from swarmstack.tickets.models import (
+    Event,
+    Integer,
+    Number,
+    SandboxUsage,
+    Text,
+    Ticket,
+    TicketResult,
+)
 
 # Ids are 64-bit and epochs 32-bit integers in the database; larger ones cannot exist.
 MAX_ID = 2**63 - 1
@@ -39,6 +47,9 @@ class LeaseWrite(BaseModel):
 
 class HeartbeatRequest(LeaseWrite):
     ttl_s: Number | None = Field(default=None, ge=1, le=86_400)
+    sandbox: SandboxUsage | None = Field(
+        default=None, description="the runner's sandbox: where it runs, what it uses"
+    )
 
 
 class HeartbeatResponse(BaseModel):
@@ -109,6 +120,12 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Text = Field(default="cancelled by an operator", min_length=1, max_length=2_000)
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Text = Field(default="an admin stopped its agent", min_length=1, max_length=2_000)
 
 
 class TicketPage(BaseModel):

@@ -68,6 +68,17 @@ def agent(
         1800.0, "--timeout", min=1, help="Give a ticket up after this many seconds."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcomes as JSON at the end."),
+    sandbox_backend: str | None = typer.Option(
+        None,
+        "--sandbox-backend",
+        help="The kind of sandbox this runs in (bwrap, qemu…), reported with each heartbeat.",
+    ),
+    end_on_lost: bool = typer.Option(
+        False,
+        "--end-on-lost",
+        help="Exit when a lease is lost (taken away or expired), so a fresh sandbox replaces "
+        "this one.",
+    ),
 ) -> None:
     """Pull tickets and work them: claim, clone from the git broker, run the driver, commit,
     push swarm/<ticket id>, complete (or fail, with the reason). SIGTERM releases the lease."""
@@ -116,6 +127,8 @@ def agent(
             max_tickets=1 if once else max_tickets,
             idle_exit_s=idle_exit_s,
             model=model,
+            sandbox_backend=sandbox_backend,
+            end_on_lost=end_on_lost,
         ),
         chosen,
     )

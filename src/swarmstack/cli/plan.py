@@ -241,6 +241,37 @@ def approve_command(
         )
 
 
+@app.command("pause")
+def pause_command(
+    plan_id: PlanId, json_out: JsonFlag = False, api: ApiUrl = None, token: Token = None
+) -> None:
+    """Pause a plan's run: no ticket of it is handed out until `swarm plan resume`. Agents at
+    work finish their tickets, and the merge queue goes on merging."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        plan = api_client.pause_plan(plan_id)
+    if json_out:
+        common.print_json(plan)
+    else:
+        working = plan.counts.get("claimed", 0)
+        common.console.print(
+            f"plan {plan.id} paused: no new claims; {_count(working, 'ticket')} still at work"
+        )
+
+
+@app.command("resume")
+def resume_command(
+    plan_id: PlanId, json_out: JsonFlag = False, api: ApiUrl = None, token: Token = None
+) -> None:
+    """Resume a paused plan: its ready tickets are handed out again."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        plan = api_client.resume_plan(plan_id)
+    if json_out:
+        common.print_json(plan)
+    else:
+        ready = plan.counts.get("ready", 0)
+        common.console.print(f"plan {plan.id} resumed: {ready} ready")
+
+
 @app.command("export")
 def export_command(
     plan_id: PlanId,

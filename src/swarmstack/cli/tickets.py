@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from swarmstack.cli.common import (
@@ -171,6 +172,57 @@ def cancel(
         print_json(ticket)
     else:
         console.print(f"ticket {ticket.id} ({ticket.key}) is {ticket.state.value}")
+
+
+@app.command("stop")
+@guarded
+def stop(
+    ticket_id: int = typer.Argument(..., help="The ticket id."),
+    reason: str | None = typer.Option(None, "--reason", help="Why, for the record."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Stop the agent at work on a ticket: its lease ends, its host replaces its sandbox, and
+    the ticket is ready for another agent (the attempt does not count)."""
+    with client(api, token) as api_client:
+        ticket = api_client.stop(ticket_id, reason)
+    if json_out:
+        print_json(ticket)
+    else:
+        console.print(f"ticket {ticket.id} ({ticket.key}): its agent was stopped; it is ready")
+
+
+@app.command("agents")
+@guarded
+def agents(
+    plan: int | None = typer.Option(None, "--plan", min=1, help="Only this plan's agents."),
+    json_out: bool = JsonOption,
+    api: str | None = ApiOption,
+    token: str | None = TokenOption,
+) -> None:
+    """The agents at work: their tickets, heartbeats and sandboxes (memory, cpu)."""
+    with client(api, token) as api_client:
+        working = api_client.agents(plan)
+    if json_out:
+        print_json(working)
+        return
+    table = Table("agent", "ticket", "for", "heartbeat", "backend", "memory", "cpu", box=None)
+    now = time.time()
+    for a in working:
+        box = a.sandbox
+        memory = f"{box.memory_bytes / 2**20:.0f} MiB" if box and box.memory_bytes else ""
+        cpu = f"{box.cpu_percent:.0f}%" if box and box.cpu_percent is not None else ""
+        table.add_row(
+            escape(a.agent),
+            escape(f"{a.ticket_id} {a.ticket_key}") + (" (fixing)" if a.fixing else ""),
+            f"{now - a.claimed_at:.0f}s" if a.claimed_at else "",
+            f"{now - a.last_heartbeat_at:.0f}s ago" + (" [red]stale[/]" if a.stale else ""),
+            escape((box.backend if box else None) or ""),
+            memory,
+            cpu,
+        )
+    console.print(table if working else "no agent is at work")
 
 
 @app.command("usage")

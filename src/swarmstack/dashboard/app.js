@@ -4,7 +4,7 @@
 "use strict";
 
 const TOKEN_KEY = "swarm.token";
-const STATES = ["pending", "ready", "claimed", "merging", "done", "failed", "dead", "cancelled"];
+const STATES = ["draft", "pending", "ready", "claimed", "merging", "done", "failed", "dead", "cancelled"];
 const BY_EVENT = {
   "ticket.ready": "ready", "ticket.claimed": "claimed", "ticket.merging": "merging",
   "ticket.done": "done", "ticket.failed": "failed", "ticket.dead": "dead",
@@ -13,10 +13,13 @@ const BY_EVENT = {
 const NODE = { w: 112, h: 22, gapX: 44, gapY: 6, pad: 8 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 
+const AGENTS_POLL_MS = 2000;
+
 const view = {
   plan: null, tickets: new Map(), byKey: new Map(), critical: new Set(),
   lastSeq: 0, socket: null, applied: 0, seqs: [], cost: 0, attention: new Map(),
   doneTimes: [], selected: null, retryTimer: null, dirty: false,
+  agents: new Map(), agentsTimer: null, draft: false, sandboxes: [],
 };
 window.swarmDashboard = view; // what the browser tests read
 
@@ -88,27 +91,134 @@ $("plan-select").addEventListener("change", (e) => load(Number(e.target.value)))
 
 async function load(planId) {
   if (view.socket) { view.socket.onclose = null; view.socket.close(); view.socket = null; }
+  clearTimeout(view.agentsTimer);
   Object.assign(view, {
     tickets: new Map(), byKey: new Map(), critical: new Set(), lastSeq: 0, applied: 0,
-    seqs: [], cost: 0, attention: new Map(), doneTimes: [],
+    seqs: [], cost: 0, attention: new Map(), doneTimes: [], agents: new Map(), draft: false,
   });
   view.plan = await api(`/v1/plans/${planId}`);
   $("plan-title").textContent = view.plan.title;
-  let after = 0;
-  for (;;) {
-    const page = await api(`/v1/tickets?plan_id=${planId}&limit=5000&after_id=${after}`);
-    for (const t of page.tickets) { view.tickets.set(t.id, t); view.byKey.set(t.key, t); }
-    if (page.next_after_id === null) break;
-    after = page.next_after_id;
+  if (view.plan.status === "draft") {
+    loadDraft(await api(`/v1/plans/${planId}/spec`));
+  } else {
+    let after = 0;
+    for (;;) {
+      const page = await api(`/v1/tickets?plan_id=${planId}&limit=5000&after_id=${after}`);
+      for (const t of page.tickets) { view.tickets.set(t.id, t); view.byKey.set(t.key, t); }
+      if (page.next_after_id === null) break;
+      after = page.next_after_id;
+    }
+    for (const t of view.tickets.values()) {
+      if (t.state === "dead") view.attention.set(t.id, deadReason(t.last_error));
+      else if (t.fix && t.state !== "done") view.attention.set(t.id, fixReason(t.fix));
+    }
   }
-  if (view.plan.status === "active") {
+  if (view.plan.status === "active" || view.plan.status === "draft") {
     const waves = await api(`/v1/plans/${planId}/waves`);
     view.critical = new Set(waves.critical_path);
   }
   view.cost = view.plan.spent_usd || 0;
+  showPlanControls();
   drawDag();
   refresh();
   connect();
+  pollAgents();
+}
+
+// A draft has no tickets yet: it is drawn from its plan file, every ticket "draft".
+function loadDraft(spec) {
+  view.draft = true;
+  const wave = new Map();
+  const waveOf = (t) => {
+    if (!wave.has(t.id)) {
+      wave.set(t.id, 0);
+      const deps = t.depends_on.map((d) => spec.tickets.find((x) => x.id === d)).filter(Boolean);
+      wave.set(t.id, deps.length ? 1 + Math.max(...deps.map(waveOf)) : 0);
+    }
+    return wave.get(t.id);
+  };
+  spec.tickets.forEach((t, n) => {
+    const ticket = {
+      id: -(n + 1), key: t.id, title: t.title, depends_on: t.depends_on, wave: waveOf(t),
+      rank: 0, state: "draft", acceptance: t.acceptance || [], body: t.body || "", attempts: 0,
+    };
+    view.tickets.set(ticket.id, ticket);
+    view.byKey.set(ticket.key, ticket);
+  });
+}
+
+function showPlanControls() {
+  const plan = view.plan;
+  $("plan-approve").hidden = plan.status !== "draft";
+  $("plan-pause").hidden = plan.status !== "active" && plan.status !== "draft";
+  $("plan-pause").textContent = plan.paused ? "Resume" : "Pause";
+  $("paused").hidden = !plan.paused;
+}
+
+$("plan-approve").addEventListener("click", () => planAction("approve"));
+$("plan-pause").addEventListener("click", () => planAction(view.plan.paused ? "resume" : "pause"));
+
+async function planAction(action) {
+  $("plan-error").textContent = "";
+  try {
+    const plan = await api(`/v1/plans/${view.plan.id}/${action}`, { method: "POST" });
+    if (action === "approve") { await load(plan.id); return; }
+    view.plan = { ...view.plan, ...plan };
+    showPlanControls();
+  } catch (error) {
+    $("plan-error").textContent = `${action}: ${error.message}`;
+  }
+}
+
+// -- agents and their sandboxes: polled, since a heartbeat is not an event ------------------
+
+async function pollAgents() {
+  clearTimeout(view.agentsTimer);
+  const planId = view.plan && view.plan.id;
+  if (!planId || view.draft || !token()) return;
+  try {
+    const [agents, sandboxes] = await Promise.all([
+      api(`/v1/agents?plan_id=${planId}`), api("/v1/vms").catch(() => []),
+    ]);
+    if (!view.plan || view.plan.id !== planId) return;
+    view.agents = new Map(agents.map((a) => [a.ticket_id, a]));
+    view.sandboxes = sandboxes;
+    refresh();
+  } catch (_) { /* the connection badge says when the control plane is away */ }
+  view.agentsTimer = setTimeout(pollAgents, AGENTS_POLL_MS);
+}
+
+// The sandboxes this control plane runs itself (the VM API's: a person's or a tool's), beside
+// the agents' sandboxes, which their hosts run and report through their heartbeats.
+function drawSandboxes() {
+  const now = Date.now() / 1000;
+  const boxes = view.sandboxes || [];
+  $("sandboxes").hidden = boxes.length === 0;
+  $("sandbox-rows").replaceChildren(...boxes.map((b) => {
+    const row = document.createElement("tr");
+    row.dataset.sandbox = b.id;
+    const limits = b.spec.limits || {};
+    const cells = [
+      b.id, b.backend, b.state, ago(now - b.created_at), mib(b.memory_bytes),
+      limits.memory_mib ? `${limits.memory_mib} MiB` : "", limits.cpus ? String(limits.cpus) : "",
+    ];
+    for (const value of cells) { const td = document.createElement("td"); td.textContent = value; row.append(td); }
+    const actions = document.createElement("td");
+    actions.append(rowButton("Destroy", "End every process in this sandbox and remove its files",
+      () => destroySandbox(b.id)));
+    row.append(actions);
+    return row;
+  }));
+}
+
+async function destroySandbox(id) {
+  try {
+    await api(`/v1/vms/${encodeURIComponent(id)}`, { method: "DELETE" });
+    view.sandboxes = (view.sandboxes || []).filter((b) => b.id !== id);
+    drawSandboxes();
+  } catch (error) {
+    $("plan-error").textContent = `destroy ${id}: ${error.message}`;
+  }
 }
 
 // -- the event stream --------------------------------------------------------------------
@@ -144,10 +254,44 @@ function setConnection(state) {
   badge.textContent = state === "live" ? "live" : state === "lost" ? "reconnecting…" : "connecting";
 }
 
+function deadReason(reason) {
+  const text = reason || "dead";
+  return text.startsWith("over budget") ? text : `dead: ${text}`;
+}
+
+function fixReason(fix) {
+  if (fix.reason === "conflict") {
+    return `conflict with ${fix.base} in ${(fix.conflicts || []).join(", ") || "its files"}: being fixed`;
+  }
+  if (fix.reason === "checks") return `the checks failed on the merge into ${fix.base}: being fixed`;
+  return `the merge failed: being fixed`;
+}
+
+// A merge that conflicted or failed its checks sent the ticket back: what to fix is in the
+// ticket (its paths and git's words), not in the event.
+async function sentBack(ticket) {
+  try {
+    const fresh = await api(`/v1/tickets/${ticket.id}`);
+    ticket.fix = fresh.fix;
+    if (fresh.fix && fresh.state !== "done" && fresh.state !== "dead") {
+      view.attention.set(ticket.id, fixReason(fresh.fix));
+    }
+    refresh();
+  } catch (_) { /* the next event or reload shows it */ }
+}
+
+function applyPlanEvent(event) {
+  if (event.kind === "plan.approved") { load(view.plan.id); return; }
+  if (event.kind === "plan.paused") view.plan.paused = true;
+  if (event.kind === "plan.resumed") view.plan.paused = false;
+  showPlanControls();
+}
+
 function apply(event) {
   view.applied += 1;
   const ticket = view.tickets.get(event.ticket_id);
   if (event.kind === "llm.usage") view.cost += event.data.cost_usd || 0;
+  if (event.kind.startsWith("plan.") && view.plan) applyPlanEvent(event);
   if (ticket) {
     const state = event.kind === "ticket.retried" ? event.data.state : BY_EVENT[event.kind];
     if (state) {
@@ -158,16 +302,19 @@ function apply(event) {
         ticket.attempts = event.data.attempt;
         ticket.claimed_at = event.ts;
       }
-      if (state === "done") { view.doneTimes.push(event.ts); view.attention.delete(ticket.id); }
-      if (state === "dead") view.attention.set(ticket.id, event.data.reason || "dead");
-      if (state === "ready" && view.attention.has(ticket.id) && event.kind !== "ticket.ready") {
+      if (state === "done") {
+        view.doneTimes.push(event.ts);
+        view.attention.delete(ticket.id);
+        ticket.fix = null;
+      }
+      if (state === "dead") view.attention.set(ticket.id, deadReason(event.data.reason));
+      if (event.kind === "ticket.retried" || event.kind === "ticket.cancelled") {
         view.attention.delete(ticket.id);
       }
+      if (state !== "claimed") view.agents.delete(ticket.id);
       paintTicket(ticket);
     }
-    if (event.kind === "merge.conflict" || event.kind === "merge.checks") {
-      ticket.fix = event.data;
-    }
+    if (event.kind === "ticket.ready" && event.data.fix) sentBack(ticket);
     if (view.selected === ticket.id && event.kind.startsWith("agent.")) addLogLine(event);
   }
   if (!view.dirty) { view.dirty = true; requestAnimationFrame(() => { view.dirty = false; refresh(); }); }
@@ -287,45 +434,137 @@ function refresh() {
     row.append(label, bar, figure);
     return row;
   }));
+  drawAgents(tickets);
+  drawSandboxes();
+  drawAttention(budget);
+}
+
+function rowButton(text, title, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "stop";
+  button.textContent = text;
+  button.title = title;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+const ago = (seconds) => `${Math.max(0, Math.round(seconds))}s`;
+const mib = (bytes) => (bytes === undefined || bytes === null ? "" : `${Math.round(bytes / 2 ** 20)} MiB`);
+
+function drawAgents(tickets) {
   const now = Date.now() / 1000;
   const busy = tickets.filter((t) => t.state === "claimed" || t.state === "merging");
+  busy.sort((a, b) => (a.state < b.state ? -1 : a.state > b.state ? 1 : a.id - b.id));
+  $("agents-count").textContent = busy.length ? `(${busy.length})` : "";
+  $("agents-none").hidden = busy.length > 0;
   $("agents").replaceChildren(...busy.map((t) => {
     const row = document.createElement("tr");
-    const since = t.claimed_at || t.updated_at;
+    row.dataset.ticket = t.id;
+    const seen = t.state === "claimed" ? view.agents.get(t.id) : null;
+    const box = (seen && seen.sandbox) || {};
+    const since = (seen && seen.claimed_at) || t.claimed_at || t.updated_at;
     const cells = [
-      t.state === "claimed" ? t.lease_agent || "" : "merge queue", `${t.key}`,
+      t.state === "claimed" ? (seen && seen.agent) || t.lease_agent || "" : "merge queue",
+      t.key,
       t.state === "merging" ? "merging" : t.fix ? "fixing" : "working",
-      since ? `${Math.max(0, Math.round(now - since))}s` : "", String(t.attempts),
+      since ? ago(now - since) : "",
+      seen ? `${ago(now - seen.last_heartbeat_at)} ago` : "",
+      box.backend || "",
+      mib(box.memory_bytes),
+      box.cpu_percent === undefined || box.cpu_percent === null ? "" : `${Math.round(box.cpu_percent)}%`,
+      String(t.attempts),
     ];
     for (const value of cells) { const td = document.createElement("td"); td.textContent = value; row.append(td); }
+    if (seen && seen.stale) row.classList.add("stale");
+    const actions = document.createElement("td");
+    if (t.state === "claimed") {
+      actions.append(rowButton("Stop",
+        "Stop this agent: its sandbox is replaced and the ticket goes to another agent",
+        () => stopAgent(t.id)));
+    }
+    row.append(actions);
     return row;
   }));
-  const attention = [...view.attention.entries()];
-  $("attention").hidden = attention.length === 0;
-  $("attention-list").replaceChildren(...attention.map(([id, reason]) => {
-    const li = document.createElement("li");
+}
+
+function drawAttention(budget) {
+  const items = [];
+  if (budget && view.cost >= budget) {
+    items.push(["budget", `the plan has spent $${view.cost.toFixed(2)} of its $${budget.toFixed(2)} budget`]);
+  }
+  for (const [id, reason] of view.attention) {
     const t = view.tickets.get(id);
-    li.textContent = `${t ? t.key : id}: ${reason}`;
+    items.push([id, `${t ? t.key : id}: ${reason}`]);
+  }
+  for (const a of view.agents.values()) {
+    if (a.stale) items.push([a.ticket_id, `${a.ticket_key}: agent ${a.agent} is stale (no heartbeat for ${ago(Date.now() / 1000 - a.last_heartbeat_at)})`]);
+  }
+  $("attention").hidden = items.length === 0;
+  $("attention-list").replaceChildren(...items.map(([id, text]) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    if (typeof id === "number" && id > 0) {
+      li.className = "link";
+      li.addEventListener("click", () => openTicket(id));
+    }
     return li;
   }));
+}
+
+async function stopAgent(ticketId) {
+  try {
+    await api(`/v1/tickets/${ticketId}/stop`, { method: "POST" });
+    view.agents.delete(ticketId);
+    pollAgents();
+  } catch (error) {
+    $("plan-error").textContent = `stop: ${error.message}`;
+  }
 }
 
 // -- one ticket --------------------------------------------------------------------------
 
 async function openTicket(id) {
   view.selected = id;
-  const t = await api(`/v1/tickets/${id}`);
+  const draft = id < 0;
+  const t = draft ? view.tickets.get(id) : await api(`/v1/tickets/${id}`);
   $("details").hidden = false;
   $("d-title").textContent = `${t.key}: ${t.title}`;
-  $("d-meta").textContent = `${t.state}, attempt ${t.attempts} of ${t.max_attempts}` +
-    (t.last_error ? ` — ${t.last_error}` : "");
-  $("d-acceptance").replaceChildren(...t.acceptance.map((a) => {
+  $("d-meta").textContent = draft ? "in the draft: no ticket until the plan is approved" :
+    `${t.state}, attempt ${t.attempts} of ${t.max_attempts}` + (t.last_error ? ` — ${t.last_error}` : "");
+  $("d-fix").textContent = t.fix && t.state !== "done" ? fixReason(t.fix) : "";
+  const acceptance = t.acceptance.length ? t.acceptance : ["(none given)"];
+  $("d-acceptance").replaceChildren(...acceptance.map((a) => {
     const li = document.createElement("li"); li.textContent = a; return li;
   }));
+  $("d-retry").hidden = draft || !["failed", "dead", "cancelled"].includes(t.state);
+  $("d-cancel").hidden = draft || ["done", "cancelled"].includes(t.state);
+  $("d-stop").hidden = draft || t.state !== "claimed";
   $("d-error").textContent = "";
   $("d-log").replaceChildren();
-  const page = await api(`/v1/events?ticket_id=${id}&limit=1000`);
+  $("d-cost").textContent = "";
+  $("d-pr").textContent = "";
+  $("d-diff").textContent = "";
+  if (draft) return;
+  const [page, usage, pull] = await Promise.all([
+    api(`/v1/events?ticket_id=${id}&limit=1000`),
+    api(`/v1/usage?ticket_id=${id}`),
+    api(`/v1/pulls/${id}`).catch(() => null),
+  ]);
+  if (view.selected !== id) return;
   for (const event of page.events) if (event.kind.startsWith("agent.")) addLogLine(event);
+  $("d-cost").textContent = `$${usage.cost_usd.toFixed(4)} in ${usage.calls} model calls ` +
+    `(${usage.input_tokens} tokens in, ${usage.output_tokens} out)`;
+  if (pull) {
+    const where = pull.url ? ` — ${pull.url}` : "";
+    $("d-pr").textContent = `${pull.head} into ${pull.base}, ${pull.state}: ` +
+      `${plural(pull.files_changed, "file")}, +${pull.insertions} −${pull.deletions}${where}`;
+    const diff = await api(`/v1/pulls/${id}/diff`).catch((error) => `(no diff: ${error.message})`);
+    if (view.selected === id) $("d-diff").textContent = diff;
+  } else {
+    $("d-pr").textContent = "no pull request yet";
+  }
 }
 
 function addLogLine(event) {
@@ -346,6 +585,7 @@ async function act(path) {
 
 $("d-retry").addEventListener("click", () => act(`/v1/tickets/${view.selected}/retry`));
 $("d-cancel").addEventListener("click", () => act(`/v1/tickets/${view.selected}/cancel`));
+$("d-stop").addEventListener("click", () => act(`/v1/tickets/${view.selected}/stop`));
 $("close-details").addEventListener("click", () => { $("details").hidden = true; view.selected = null; });
 
 if (token()) start().catch((error) => showLogin(error.message)); else showLogin();

@@ -60,6 +60,7 @@ class SandboxInfo(BaseModel):
     spec: SandboxSpec
     enforced: list[str]  # the limits the host enforces: memory, pids, cpu, disk
     pid: int | None = None
+    memory_bytes: int | None = None  # what it uses now, as the host measures it
 
 
 class Snapshot(BaseModel):
@@ -319,6 +320,20 @@ class Sandbox(abc.ABC):
     def pid(self) -> int | None:
         """The host process that holds the sandbox (bubblewrap's, the VMM's)."""
 
+    def memory_usage(self) -> int | None:
+        """The memory it uses now: by default the resident set of its host process (a VMM's
+        is the guest's memory that is in use); None when that cannot be read."""
+        if self.pid is None or self.state == "destroyed":
+            return None
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
     def info(self) -> SandboxInfo:
         return SandboxInfo(
             id=self.id,
@@ -329,6 +344,7 @@ class Sandbox(abc.ABC):
             spec=self.spec,
             enforced=self.enforced(),
             pid=self.pid,
+            memory_bytes=self.memory_usage(),
         )
 
     def _require_running(self) -> None:

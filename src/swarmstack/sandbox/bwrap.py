@@ -60,6 +60,7 @@ HOME = "/home/agent"
 HOST_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "localtime")
 START_TIMEOUT_S = 10.0
 JOIN_FAILED = b"swarm-guest cgroup-join-failed"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def find_bwrap() -> str:
@@ -107,6 +108,21 @@ class BwrapSandbox(Sandbox):
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def memory_usage(self) -> int | None:
+        """Its cgroup's memory (every process in it, page cache included); without a cgroup,
+        the resident sets of bubblewrap's process tree."""
+        if self.state == "destroyed":
+            return None
+        if self.group is not None:
+            return self.group.memory_usage()
+        if self.process is None:
+            return None
+        total = 0
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        return total
 
     async def pause(self) -> None:
         self._require_running()

@@ -177,6 +177,9 @@ class Plan(BaseModel):
     github: str | None = Field(
         default=None, description="the GitHub repository (owner/name) its work is published to"
     )
+    paused: bool = Field(
+        default=False, description="whether its tickets are held back: no new claims until resumed"
+    )
 
 
 class TicketResult(BaseModel):
@@ -192,6 +195,38 @@ class TicketResult(BaseModel):
 
 # conflict: git could not merge it; checks: the merged tree failed them; error: the merge could
 # not be made at all (its branch is gone, say).
+class SandboxUsage(BaseModel):
+    """What a runner reports of its sandbox with each heartbeat: where it runs, and what the
+    processes it started use (resident memory now; cpu since the last beat, 100 = one core)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Text | None = Field(default=None, max_length=40, description="bwrap, qemu, …")
+    sandbox_id: Text | None = Field(default=None, max_length=200)
+    memory_bytes: Integer | None = Field(default=None, ge=0, le=2**62)
+    cpu_percent: Number | None = Field(default=None, ge=0, le=100_000)
+    processes: Integer | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class AgentStatus(BaseModel):
+    """An agent at work: the live lease it holds, and its sandbox as last reported."""
+
+    ticket_id: int
+    ticket_key: str
+    plan_id: int
+    agent: str
+    attempt: int
+    fixing: bool = Field(description="whether this attempt fixes a conflict or failed checks")
+    claimed_at: float | None
+    last_heartbeat_at: float = Field(description="when the lease was last claimed or extended")
+    lease_expires_at: float
+    stale: bool = Field(
+        description="no heartbeat for two-thirds of the lease: the agent may be stuck, and the "
+        "ticket goes to another agent when the lease runs out"
+    )
+    sandbox: SandboxUsage | None = None
+
+
 FixReason = Literal["conflict", "checks", "error"]
 
 

@@ -181,6 +181,14 @@ def _v6_merge_queue(tx: Tx) -> None:
         tx.execute(statement)
 
 
+def _v7_pause_and_sandboxes(tx: Tx) -> None:
+    """A paused plan's ready tickets are not handed out: its agents at work finish, no new
+    work starts until it is resumed. A claimed ticket keeps what its runner last reported of
+    its sandbox (JSON, with the epoch it was reported under)."""
+    tx.execute("ALTER TABLE plans ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
+    tx.execute("ALTER TABLE tickets ADD COLUMN sandbox TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial,
     _v2_usage,
@@ -188,4 +196,5 @@ MIGRATIONS: list[Migration] = [
     _v4_ticket_events,
     _v5_plan_status,
     _v6_merge_queue,
+    _v7_pause_and_sandboxes,
 ]

@@ -25,6 +25,7 @@ from swarmstack.db import EVENTS_LOCK_KEY, NOTIFY_CHANNEL, POSTGRESQL, Database,
 from swarmstack.errors import Conflict, NotFound, StaleLease, SwarmError
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
+    AgentStatus,
     DiffStats,
     Event,
     FixRequest,
@@ -33,6 +34,7 @@ from swarmstack.tickets.models import (
     PlanSpec,
     PlanStatus,
     PullRequest,
+    SandboxUsage,
     Ticket,
     TicketResult,
     TicketState,
@@ -50,11 +52,12 @@ TICKET_COLUMNS = (
 _JSON_LIST_COLUMNS = ("depends_on", "files", "acceptance", "covers")
 _LIVE_LEASE = "id = :id AND epoch = :epoch AND state = 'claimed' AND lease_expires_at > :now"
 _FINISHED = "('done', 'dead', 'cancelled')"
-# A ready ticket of a plan that runs wave by wave waits while an earlier wave is unfinished.
+# A ready ticket waits while its plan is paused, and, in a plan that runs wave by wave, while an
+# earlier wave is unfinished.
 _WAVE_OPEN = (
-    "NOT EXISTS (SELECT 1 FROM plans p WHERE p.id = tickets.plan_id AND p.strict_waves = 1 "
-    "AND EXISTS (SELECT 1 FROM tickets e WHERE e.plan_id = tickets.plan_id "
-    f"AND e.wave < tickets.wave AND e.state NOT IN {_FINISHED}))"
+    "NOT EXISTS (SELECT 1 FROM plans p WHERE p.id = tickets.plan_id AND (p.paused = 1 "
+    "OR p.strict_waves = 1 AND EXISTS (SELECT 1 FROM tickets e WHERE e.plan_id = tickets.plan_id "
+    f"AND e.wave < tickets.wave AND e.state NOT IN {_FINISHED})))"
 )
 
 EventRow = tuple[str, int | None, int | None, dict[str, Any]]  # kind, plan, ticket, data
@@ -567,7 +570,7 @@ class TicketStore:
         with self.db.read() as tx:
             row = tx.one(
                 "SELECT id, title, description, created_at, budget_usd, status, error, "
-                "strict_waves, integration AS integration_branch, checks, github, "
+                "strict_waves, integration AS integration_branch, checks, github, paused, "
                 "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE plan_id = :id) AS spent_usd "
                 "FROM plans WHERE id = :id",
                 {"id": plan_id},
@@ -576,6 +579,7 @@ class TicketStore:
                 raise NotFound(f"no plan {plan_id}")
             counts = self._counts(tx, plan_id)
         row["strict_waves"] = bool(row["strict_waves"])
+        row["paused"] = bool(row["paused"])
         return Plan(**row, ticket_count=sum(counts.values()), counts=counts)
 
     def list_plans(self) -> list[Plan]:
@@ -717,15 +721,27 @@ class TicketStore:
             ticket=ticket, epoch=ticket.epoch, expires_at=now + ttl, token=token, ttl_s=ttl
         )
 
-    def heartbeat(self, ticket_id: int, epoch: int, *, ttl_s: float | None = None) -> float:
-        """Extend a live lease; returns the new expiry."""
+    def heartbeat(
+        self,
+        ticket_id: int,
+        epoch: int,
+        *,
+        ttl_s: float | None = None,
+        sandbox: SandboxUsage | None = None,
+    ) -> float:
+        """Extend a live lease, keeping what the runner says of its sandbox; returns the new
+        expiry."""
         now = self.clock()
         expires = now + (self.lease_ttl_s if ttl_s is None else ttl_s)
+        usage = None
+        if sandbox is not None:
+            usage = json.dumps({"epoch": epoch, **sandbox.model_dump(exclude_none=True)})
         # One statement: its own transaction, no BEGIN/COMMIT round trips.
         hit = self.db.execute_once(
-            "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now "
+            "UPDATE tickets SET lease_expires_at = :exp, updated_at = :now, "
+            "sandbox = COALESCE(:usage, sandbox) "
             f"WHERE {_LIVE_LEASE} RETURNING id",
-            {"exp": expires, "now": now, "id": ticket_id, "epoch": epoch},
+            {"exp": expires, "now": now, "id": ticket_id, "epoch": epoch, "usage": usage},
         )
         if hit is None:
             with self.db.read() as tx:
@@ -922,6 +938,63 @@ class TicketStore:
             strict = self._strict_plans[plan_id] = bool(value)
         return strict
 
+    # -- pausing a plan ----------------------------------------------------------------------
+
+    def pause_plan(self, plan_id: int, reason: str = "") -> Plan:
+        """Stop handing out the plan's tickets. Agents at work finish theirs and the merge queue
+        goes on merging; nothing new starts until :meth:`resume_plan`. Pausing a paused plan
+        changes nothing."""
+        with self.db.tx() as tx:
+            self._plan_exists(tx, plan_id)
+            hit = tx.scalar(
+                "UPDATE plans SET paused = 1 WHERE id = :id AND paused = 0 RETURNING id",
+                {"id": plan_id},
+            )
+            if hit is not None:
+                self._append(tx, [("plan.paused", plan_id, None, {"reason": reason})])
+        self._publish(0)
+        return self.get_plan(plan_id)
+
+    def resume_plan(self, plan_id: int) -> Plan:
+        """Hand out the plan's ready tickets again, waking as many claimers."""
+        with self.db.tx() as tx:
+            self._plan_exists(tx, plan_id)
+            hit = tx.scalar(
+                "UPDATE plans SET paused = 0 WHERE id = :id AND paused = 1 RETURNING id",
+                {"id": plan_id},
+            )
+            ready = 0
+            if hit is not None:
+                ready = int(
+                    tx.scalar(
+                        "SELECT COUNT(*) FROM tickets WHERE plan_id = :p AND state = 'ready'",
+                        {"p": plan_id},
+                    )
+                    or 0
+                )
+                self._append(tx, [("plan.resumed", plan_id, None, {"ready": ready})])
+        if ready:
+            self._wake(ready)
+        else:
+            self._publish(0)
+        return self.get_plan(plan_id)
+
+    @staticmethod
+    def _plan_exists(tx: Tx, plan_id: int) -> None:
+        if tx.scalar("SELECT id FROM plans WHERE id = :id", {"id": plan_id}) is None:
+            raise NotFound(f"no plan {plan_id}")
+
+    def _wake(self, ready: int) -> None:
+        """Tell every server's claimers that ``ready`` tickets became claimable."""
+        if self.db.dialect is POSTGRESQL:
+            # Servers on PostgreSQL hear of ready tickets only through NOTIFY: without it,
+            # their claimers would sleep until their long-poll's next check.
+            self.db.execute_once(
+                "SELECT pg_notify(:channel, :ready)",
+                {"channel": NOTIFY_CHANNEL, "ready": str(ready)},
+            )
+        self._publish(ready)
+
     def _open_next_wave(self, plan_id: int, wave: int) -> None:
         """In a plan run wave by wave, the last ticket of a wave to finish lets the ready
         tickets of the next be claimed: wake as many claimers."""
@@ -936,15 +1009,7 @@ class TicketStore:
             )
         if row is None or int(row["open"]) or not int(row["ready"]):
             return
-        ready = int(row["ready"])
-        if self.db.dialect is POSTGRESQL:
-            # Servers on PostgreSQL hear of ready tickets only through NOTIFY: without it,
-            # this wave's claimers would sleep until their long-poll's next check.
-            self.db.execute_once(
-                "SELECT pg_notify(:channel, :ready)",
-                {"channel": NOTIFY_CHANNEL, "ready": str(ready)},
-            )
-        self._publish(ready)
+        self._wake(int(row["ready"]))
 
     def fail(self, ticket_id: int, epoch: int, reason: str, *, retryable: bool = True) -> Ticket:
         """Give a ticket up under a live lease: back to ready after a backoff, or dead."""
@@ -985,6 +1050,54 @@ class TicketStore:
         if ticket.state is TicketState.DEAD:
             self._open_next_wave(ticket.plan_id, ticket.wave)
         return ticket
+
+    def agents(self, plan_id: int | None = None) -> list[AgentStatus]:
+        """Every live lease (an agent at work), oldest claim first, with its sandbox as its
+        runner last reported it."""
+        now = self.clock()
+        scope = "AND plan_id = :plan " if plan_id is not None else ""
+        with self.db.read() as tx:
+            rows = tx.all(
+                "SELECT id, key, plan_id, lease_agent, attempts, epoch, fix, updated_at, "
+                "lease_expires_at, sandbox, (SELECT MAX(ts) FROM events e WHERE e.ticket_id = "
+                "tickets.id AND e.kind = 'ticket.claimed') AS claimed_at FROM tickets "
+                f"WHERE state = 'claimed' {scope}ORDER BY id",
+                {"plan": plan_id},
+            )
+        agents = []
+        for row in rows:
+            beat, expires = float(row["updated_at"]), float(row["lease_expires_at"])
+            usage = json.loads(row["sandbox"]) if row["sandbox"] else {}
+            sandbox = None
+            if usage.pop("epoch", None) == row["epoch"]:  # not a report of an earlier attempt
+                sandbox = SandboxUsage.model_validate(usage)
+            agents.append(
+                AgentStatus(
+                    ticket_id=row["id"],
+                    ticket_key=row["key"],
+                    plan_id=row["plan_id"],
+                    agent=row["lease_agent"] or "",
+                    attempt=row["attempts"],
+                    fixing=row["fix"] is not None,
+                    claimed_at=row["claimed_at"],
+                    last_heartbeat_at=beat,
+                    lease_expires_at=expires,
+                    # two-thirds of the lease without a beat: runners beat every third
+                    stale=now - beat > (expires - beat) * 2 / 3,
+                    sandbox=sandbox,
+                )
+            )
+        return agents
+
+    def stop(self, ticket_id: int, reason: str) -> Ticket:
+        """Take a ticket away from the agent at work on it (an admin's decision): its lease
+        ends at once, so its runner's next heartbeat is refused and it stops; the ticket is
+        ready for another agent, the attempt not counted against it."""
+        with self.db.read() as tx:
+            ticket = self._ticket_in(tx, ticket_id)
+        if ticket.state is not TicketState.CLAIMED:
+            raise Conflict(f"ticket {ticket_id} is {ticket.state}: no agent is at work on it")
+        return self.release(ticket_id, ticket.epoch, reason)
 
     def release(self, ticket_id: int, epoch: int, reason: str) -> Ticket:
         """Hand a live lease back unfinished (the runner was told to stop): the ticket is
