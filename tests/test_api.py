@@ -233,6 +233,19 @@ def test_agents_at_work_show_their_sandboxes_and_an_admin_can_stop_one(api: Api)
     assert second["epoch"] == 2
     [fresh] = api.get("/v1/agents").json()
     assert fresh["agent"] == "sandbox-8" and fresh["sandbox"] is None
+    r = api.post(
+        f"/v1/tickets/{ticket_id}/fail",
+        second["token"],
+        json_body={"epoch": 2, "reason": "tests failed", "retryable": True},
+    )
+    assert r.status_code == 200, r.text
+    attempts = api.get(f"/v1/tickets/{ticket_id}/attempts").json()
+    assert [(a["epoch"], a["agent"], a["outcome"], a["error"]) for a in attempts] == [
+        (1, "sandbox-7", "released", None),
+        (2, "sandbox-8", "failed", "tests failed"),
+    ]
+    assert all(a["ended_at"] >= a["claimed_at"] for a in attempts)
+    assert_error(api.get("/v1/tickets/99999/attempts"), 404)
 
 
 def test_claim_heartbeat_complete_round_trip(api: Api) -> None:
@@ -994,6 +1007,7 @@ EXPECTED_OPERATIONS = {
     ("post", "/v1/tickets/{ticket_id}/retry"),
     ("post", "/v1/tickets/{ticket_id}/stop"),
     ("get", "/v1/agents"),
+    ("get", "/v1/tickets/{ticket_id}/attempts"),
     ("get", "/v1/events"),
     # the VM API (tests/test_vm_api.py)
     ("get", "/v1/vms"),

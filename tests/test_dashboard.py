@@ -332,6 +332,8 @@ def test_the_ticket_panel_shows_the_pull_requests_diff_and_cost_of_a_scripted_sw
         assert "swarm/1 into main, merged: 1 file, +4" in page.inner_text("#d-pr")
         usage = world.admin.usage(ticket_id=ticket.id)
         assert page.inner_text("#d-cost").startswith(f"${usage.cost_usd:.4f} in 3 model calls")
+        assert page.inner_text("#d-attempts").startswith("panel-runner: ")
+        assert "merging" in page.inner_text("#d-attempts")  # its branch went to the queue
         log = page.inner_text("#d-log")
         assert "write_file" in log and "sub ok" in log
         page.screenshot(path=str(SHOTS / "dashboard-ticket-1440.png"), full_page=True)

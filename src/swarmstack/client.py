@@ -46,6 +46,7 @@ from swarmstack.sandbox.base import (
 from swarmstack.sandbox.gitops import GitCommit, GitDiff, GitStatus
 from swarmstack.tickets.models import (
     AgentStatus,
+    Attempt,
     Event,
     Lease,
     Plan,
@@ -216,6 +217,10 @@ class Calls:
     @staticmethod
     def retry(ticket_id: int) -> Call[Ticket]:
         return Call("POST", f"/v1/tickets/{ticket_id}/retry", _model(Ticket))
+
+    @staticmethod
+    def attempts(ticket_id: int) -> Call[list[Attempt]]:
+        return Call("GET", f"/v1/tickets/{ticket_id}/attempts", _list(Attempt))
 
     @staticmethod
     def stop(ticket_id: int, reason: str | None = None) -> Call[Ticket]:
@@ -627,6 +632,9 @@ class SwarmClient:
 
     def retry(self, ticket_id: int) -> Ticket:
         return self.send(Calls.retry(ticket_id))
+
+    def attempts(self, ticket_id: int) -> list[Attempt]:
+        return self.send(Calls.attempts(ticket_id))
 
     def stop(self, ticket_id: int, reason: str | None = None) -> Ticket:
         return self.send(Calls.stop(ticket_id, reason))

@@ -23,6 +23,7 @@ from swarmstack.design.request import DesignRequest
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     AgentStatus,
+    Attempt,
     Phase,
     Plan,
     PlanSpec,
@@ -237,6 +238,18 @@ async def list_tickets(
 async def get_ticket(ticket_id: IdPath, ctx: Context) -> Ticket:
     require_ticket_access(ctx.caller, ticket_id)
     return ctx.state.store.get_ticket(ticket_id)
+
+
+@router.get(
+    "/tickets/{ticket_id:int}/attempts",
+    response_model=list[Attempt],
+    responses=error_responses(403, 404),
+    tags=["tickets"],
+)
+async def ticket_attempts(ticket_id: IdPath, ctx: Context) -> list[Attempt]:
+    """The ticket's attempts: the agent, when it claimed and ended, the outcome, the error."""
+    require_ticket_access(ctx.caller, ticket_id)
+    return await ctx.state.call(ctx.state.store.attempts, ticket_id)
 
 
 @router.post(

@@ -19,7 +19,7 @@ const view = {
   plan: null, tickets: new Map(), byKey: new Map(), critical: new Set(),
   lastSeq: 0, socket: null, applied: 0, seqs: [], cost: 0, attention: new Map(),
   doneTimes: [], selected: null, retryTimer: null, dirty: false,
-  agents: new Map(), agentsTimer: null, draft: false, sandboxes: [],
+  agents: new Map(), agentsTimer: null, draft: false, sandboxes: [], generation: 0,
 };
 window.swarmDashboard = view; // what the browser tests read
 
@@ -96,14 +96,21 @@ async function load(planId) {
     tickets: new Map(), byKey: new Map(), critical: new Set(), lastSeq: 0, applied: 0,
     seqs: [], cost: 0, attention: new Map(), doneTimes: [], agents: new Map(), draft: false,
   });
-  view.plan = await api(`/v1/plans/${planId}`);
-  $("plan-title").textContent = view.plan.title;
-  if (view.plan.status === "draft") {
-    loadDraft(await api(`/v1/plans/${planId}/spec`));
+  // A newer load (another plan chosen, the plan approved) makes this one give up.
+  const generation = ++view.generation;
+  const plan = await api(`/v1/plans/${planId}`);
+  if (generation !== view.generation) return;
+  view.plan = plan;
+  $("plan-title").textContent = plan.title;
+  if (plan.status === "draft") {
+    const spec = await api(`/v1/plans/${planId}/spec`);
+    if (generation !== view.generation) return;
+    loadDraft(spec);
   } else {
     let after = 0;
     for (;;) {
       const page = await api(`/v1/tickets?plan_id=${planId}&limit=5000&after_id=${after}`);
+      if (generation !== view.generation) return;
       for (const t of page.tickets) { view.tickets.set(t.id, t); view.byKey.set(t.key, t); }
       if (page.next_after_id === null) break;
       after = page.next_after_id;
@@ -113,8 +120,9 @@ async function load(planId) {
       else if (t.fix && t.state !== "done") view.attention.set(t.id, fixReason(t.fix));
     }
   }
-  if (view.plan.status === "active" || view.plan.status === "draft") {
+  if (plan.status === "active" || plan.status === "draft") {
     const waves = await api(`/v1/plans/${planId}/waves`);
+    if (generation !== view.generation) return;
     view.critical = new Set(waves.critical_path);
   }
   view.cost = view.plan.spent_usd || 0;
@@ -129,10 +137,11 @@ async function load(planId) {
 function loadDraft(spec) {
   view.draft = true;
   const wave = new Map();
+  const byId = new Map(spec.tickets.map((t) => [t.id, t]));
   const waveOf = (t) => {
     if (!wave.has(t.id)) {
       wave.set(t.id, 0);
-      const deps = t.depends_on.map((d) => spec.tickets.find((x) => x.id === d)).filter(Boolean);
+      const deps = t.depends_on.map((d) => byId.get(d)).filter(Boolean);
       wave.set(t.id, deps.length ? 1 + Math.max(...deps.map(waveOf)) : 0);
     }
     return wave.get(t.id);
@@ -543,16 +552,24 @@ async function openTicket(id) {
   $("d-stop").hidden = draft || t.state !== "claimed";
   $("d-error").textContent = "";
   $("d-log").replaceChildren();
+  $("d-attempts").replaceChildren();
   $("d-cost").textContent = "";
   $("d-pr").textContent = "";
   $("d-diff").textContent = "";
   if (draft) return;
-  const [page, usage, pull] = await Promise.all([
+  const [page, usage, pull, attempts] = await Promise.all([
     api(`/v1/events?ticket_id=${id}&limit=1000`),
     api(`/v1/usage?ticket_id=${id}`),
     api(`/v1/pulls/${id}`).catch(() => null),
+    api(`/v1/tickets/${id}/attempts`),
   ]);
   if (view.selected !== id) return;
+  $("d-attempts").replaceChildren(...attempts.map((a) => {
+    const li = document.createElement("li");
+    const took = a.ended_at ? `${ago(a.ended_at - a.claimed_at)}, ${a.outcome}` : "going on";
+    li.textContent = `${a.agent}: ${took}${a.error ? ` — ${a.error}` : ""}`;
+    return li;
+  }));
   for (const event of page.events) if (event.kind.startsWith("agent.")) addLogLine(event);
   $("d-cost").textContent = `$${usage.cost_usd.toFixed(4)} in ${usage.calls} model calls ` +
     `(${usage.input_tokens} tokens in, ${usage.output_tokens} out)`;

@@ -208,6 +208,20 @@ class SandboxUsage(BaseModel):
     processes: Integer | None = Field(default=None, ge=0, le=10_000_000)
 
 
+class Attempt(BaseModel):
+    """One claim of a ticket and how it ended."""
+
+    epoch: int
+    agent: str
+    claimed_at: float
+    ended_at: float | None = Field(description="none while the attempt goes on")
+    outcome: str | None = Field(
+        description="done, merging (its branch went to the merge queue), failed, dead, "
+        "released, expired or cancelled; none while it goes on"
+    )
+    error: str | None = Field(default=None, description="why it failed, if it did")
+
+
 class AgentStatus(BaseModel):
     """An agent at work: the live lease it holds, and its sandbox as last reported."""
 

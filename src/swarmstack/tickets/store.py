@@ -26,6 +26,7 @@ from swarmstack.errors import Conflict, NotFound, StaleLease, SwarmError
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     AgentStatus,
+    Attempt,
     DiffStats,
     Event,
     FixRequest,
@@ -1059,8 +1060,8 @@ class TicketStore:
         with self.db.read() as tx:
             rows = tx.all(
                 "SELECT id, key, plan_id, lease_agent, attempts, epoch, fix, updated_at, "
-                "lease_expires_at, sandbox, (SELECT MAX(ts) FROM events e WHERE e.ticket_id = "
-                "tickets.id AND e.kind = 'ticket.claimed') AS claimed_at FROM tickets "
+                "lease_expires_at, sandbox, (SELECT claimed_at FROM attempts a WHERE "
+                "a.ticket_id = tickets.id AND a.epoch = tickets.epoch) AS claimed_at FROM tickets "
                 f"WHERE state = 'claimed' {scope}ORDER BY id",
                 {"plan": plan_id},
             )
@@ -1088,6 +1089,24 @@ class TicketStore:
                 )
             )
         return agents
+
+    def attempts(self, ticket_id: int) -> list[Attempt]:
+        """A ticket's attempts, first first: who, when, how each ended and why it failed."""
+        with self.db.read() as tx:
+            self._ticket_in(tx, ticket_id)
+            rows = tx.all(
+                "SELECT epoch, agent, claimed_at, ended_at, outcome, response FROM attempts "
+                "WHERE ticket_id = :t ORDER BY epoch",
+                {"t": ticket_id},
+            )
+        attempts = []
+        for row in rows:
+            error = None
+            if row["outcome"] in ("failed", "dead") and row["response"]:
+                error = json.loads(row["response"]).get("last_error")
+            del row["response"]
+            attempts.append(Attempt(**row, error=error))
+        return attempts
 
     def stop(self, ticket_id: int, reason: str) -> Ticket:
         """Take a ticket away from the agent at work on it (an admin's decision): its lease
