@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from swarmstack.errors import (
 from swarmstack.tickets.models import (
     Plan,
     PlanSpec,
+    SandboxUsage,
     Ticket,
     TicketResult,
     TicketSpec,
@@ -586,6 +588,34 @@ def test_cli_tickets_ls(server: ServerProcess, admin: SwarmClient) -> None:
     assert cli(server, "tickets", "ls", "--state", "bogus").exit_code == 2
 
 
+def test_cli_tickets_agents_stop_and_the_attempts_in_show(
+    server: ServerProcess, admin: SwarmClient, agent_token: str
+) -> None:
+    plan = admin.create_plan(PlanSpec(title="cli agents", tickets=[tk("only")]))
+    with SwarmClient(server.url, agent_token) as agent:
+        lease = agent.claim("cli-agent", plan_id=plan.id)
+        assert lease is not None
+        usage = SandboxUsage(backend="bwrap", memory_bytes=64 << 20, cpu_percent=12.0)
+        agent.heartbeat(lease, sandbox=usage)
+    result = cli(server, "tickets", "agents", "--plan", str(plan.id))
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "cli-agent" in line)
+    assert f"{lease.ticket.id} only" in row and "bwrap" in row and "64 MiB" in row
+    assert "12%" in row and "stale" not in row
+    result = cli(server, "tickets", "agents", "--plan", str(plan.id), "--json")
+    assert json.loads(result.stdout)[0]["sandbox"]["memory_bytes"] == 64 << 20
+
+    result = cli(server, "tickets", "stop", str(lease.ticket.id), "--reason", "stuck")
+    assert result.exit_code == 0, result.output
+    assert "its agent was stopped; it is ready" in result.stdout
+    line = assert_one_line_error(cli(server, "tickets", "stop", str(lease.ticket.id)), 1)
+    assert "no agent is at work on it" in line
+    result = cli(server, "tickets", "show", str(lease.ticket.id))
+    assert re.search(r"attempt 1: cli-agent, \d+s, released", result.stdout), result.stdout
+    result = cli(server, "tickets", "agents", "--plan", str(plan.id))
+    assert "no agent is at work" in result.stdout
+
+
 def test_cli_tickets_show_retry_cancel(server: ServerProcess, admin: SwarmClient) -> None:
     plan = admin.create_plan(diamond("cli show"))
     by_key = keys(admin.all_tickets(plan_id=plan.id))
@@ -749,6 +779,8 @@ def test_every_command_has_help_text_and_help_works() -> None:
         "tickets show",
         "tickets retry",
         "tickets cancel",
+        "tickets stop",
+        "tickets agents",
         "token",
         "token create",
         "token ls",

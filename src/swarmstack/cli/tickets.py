@@ -133,10 +133,15 @@ def show(
     """Show one ticket in full."""
     with client(api, token) as api_client:
         ticket = api_client.get_ticket(ticket_id)
+        attempts = [] if json_out else api_client.attempts(ticket_id)
     if json_out:
         print_json(ticket)
-    else:
-        _show(ticket)
+        return
+    _show(ticket)
+    for n, a in enumerate(attempts, 1):
+        took = f"{a.ended_at - a.claimed_at:.0f}s, {a.outcome}" if a.ended_at else "going on"
+        error = f" — {a.error}" if a.error else ""
+        console.print(f"attempt {n}: {escape(a.agent)}, {took}{escape(error)}", highlight=False)
 
 
 @app.command("retry")
