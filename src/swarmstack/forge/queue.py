@@ -35,12 +35,12 @@ from typing import Any, Protocol, TypeVar
 
 from swarmstack.errors import Conflict, InvalidRequest, NotFound, SwarmError
 from swarmstack.forge import hostgit
-from swarmstack.forge.checks import CheckResult, run_checks
+from swarmstack.forge.checks import run_checks
 from swarmstack.forge.local import LocalForge, ticket_branch
 from swarmstack.forge.merge import MergeResult, land, prepare
 from swarmstack.forge.mirror import GitHubMirror
 from swarmstack.sandbox.base import Backend
-from swarmstack.tickets.models import FixRequest, Plan, Ticket
+from swarmstack.tickets.models import FixReason, FixRequest, Plan, Ticket
 from swarmstack.tickets.store import TicketStore
 
 log = logging.getLogger("swarmstack.merge")
@@ -214,7 +214,8 @@ class MergeQueue:
                 )
                 return await self._send_back(plan, ticket, fix)
             if not result.merged:
-                return await self._send_back(plan, ticket, _conflict(into, result))
+                what = {"conflicts": result.conflicts, "details": result.details}
+                return await self._send_back(plan, ticket, _fix("conflict", into, result, **what))
             assert result.sha is not None
             if result.how != "already merged":
                 failed = await self._check(plan, repo, ticket, into, result)
@@ -246,7 +247,7 @@ class MergeQueue:
         try:
             config = await asyncio.to_thread(repo_config, repo, result.sha)
         except SwarmError as exc:
-            return _failed(into, result, exc.message)
+            return _fix("error", into, result, details=exc.message)
         command = plan.checks or config.checks
         if command is None:
             return None
@@ -264,7 +265,15 @@ class MergeQueue:
         await self._call(self.store.note, "merge.checked", ticket, summary)
         if checked.passed:
             return None
-        return _checks_failed(into, result, command, checked)
+        return _fix(
+            "checks",
+            into,
+            result,
+            details=checked.output,
+            command=command,
+            exit_code=checked.exit_code,
+            timed_out=checked.timed_out,
+        )
 
     async def _send_back(self, plan: Plan, ticket: Ticket, fix: FixRequest) -> Ticket | None:
         # The pull request says why before the ticket is ready again, so whoever sees the
@@ -291,37 +300,8 @@ async def _direct(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 
 
-def _conflict(into: str, result: MergeResult) -> FixRequest:
+def _fix(reason: FixReason, into: str, result: MergeResult, **what: Any) -> FixRequest:
+    """What the ticket's next attempt must fix, against the base its merge was tried on."""
     return FixRequest(
-        reason="conflict",
-        base=into,
-        base_sha=result.base_sha,
-        head_sha=result.head_sha,
-        conflicts=result.conflicts,
-        details=result.details,
-    )
-
-
-def _failed(into: str, result: MergeResult, why: str) -> FixRequest:
-    return FixRequest(
-        reason="error",
-        base=into,
-        base_sha=result.base_sha,
-        head_sha=result.head_sha,
-        details=why,
-    )
-
-
-def _checks_failed(
-    into: str, result: MergeResult, command: str, checked: CheckResult
-) -> FixRequest:
-    return FixRequest(
-        reason="checks",
-        base=into,
-        base_sha=result.base_sha,
-        head_sha=result.head_sha,
-        details=checked.output,
-        command=command,
-        exit_code=checked.exit_code,
-        timed_out=checked.timed_out,
+        reason=reason, base=into, base_sha=result.base_sha, head_sha=result.head_sha, **what
     )
