@@ -30,6 +30,13 @@ class Waker:
     def __init__(self) -> None:
         self._claimers: deque[asyncio.Future[None]] = deque()
         self._events: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop its futures belong to; call from that loop's thread."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
 
     @property
     def waiting(self) -> int:
@@ -70,8 +77,14 @@ class Waker:
         return self._events
 
     def on_change(self, change: Change) -> None:
-        """Store subscriber for the in-process case (SQLite)."""
-        self.wake(change.ready)
+        """Store subscriber for the in-process case (SQLite). A write made in another thread
+        (a design running in a worker, the merge queue's git in a thread, a store used beside
+        the server) hands the wake-up to the loop: a future is set only from its own loop,
+        and the loop wakes at once instead of at its next unrelated event."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self.wake(change.ready)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.wake, change.ready)
 
 
 class PgListener:

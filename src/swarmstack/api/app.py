@@ -87,6 +87,7 @@ def create_app(
             listener = PgListener(state.store.db.conninfo, state.waker, asyncio.get_running_loop())
             listener.start()
         else:
+            state.waker.bind(asyncio.get_running_loop())
             state.store.subscribe(state.waker.on_change)
         sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
         if state.settings.merge_queue:

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from swarmstack.auth import TokenKind, format_token, new_secret, secret_hash
 from swarmstack.config import Settings
@@ -780,22 +780,14 @@ class TicketStore:
             with self.db.read() as tx:
                 return self._replay(tx, ticket_id, epoch, request, now)
         with self.db.tx() as tx:
-            row = tx.one(
-                "UPDATE tickets SET state = 'done', lease_expires_at = NULL, "
-                "result = :result, last_error = NULL, updated_at = :now "
-                f"WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
-                {"result": result.model_dump_json(), "now": now, "id": ticket_id, "epoch": epoch},
-            )
-            if row is None:
+            done = self._end_lease(tx, ticket_id, epoch, "done", result, request, now)
+            if done is None:
                 return self._replay(tx, ticket_id, epoch, request, now)
-            response = json.dumps(row)
-            ticket = _ticket(row)
             ready = self._release_dependents(tx, ticket_id, now)
-            self._end_attempt(tx, ticket.id, epoch, "done", request, response, now)
-            self._append(tx, [("ticket.done", ticket.plan_id, ticket.id, {"epoch": epoch}), *ready])
+            self._append(tx, [("ticket.done", done.plan_id, done.id, {"epoch": epoch}), *ready])
         self._publish(len(ready))
-        self._open_next_wave(ticket.plan_id, ticket.wave)
-        return ticket
+        self._open_next_wave(done.plan_id, done.wave)
+        return done
 
     @staticmethod
     def _release_dependents(tx: Tx, ticket_id: int, now: float) -> list[EventRow]:
@@ -813,21 +805,44 @@ class TicketStore:
         )
         return [("ticket.ready", r["plan_id"], r["id"], {}) for r in rows if r["state"] == "ready"]
 
+    def _end_lease(
+        self,
+        tx: Tx,
+        ticket_id: int,
+        epoch: int,
+        state: Literal["done", "merging"],
+        result: TicketResult,
+        request: Any,
+        now: float,
+    ) -> Ticket | None:
+        """A completion under a live lease: the ticket ``done`` or ``merging`` with its result,
+        and its attempt's record; None if the lease is not live."""
+        row = tx.one(
+            "UPDATE tickets SET state = :state, lease_expires_at = NULL, "
+            "result = :result, last_error = NULL, updated_at = :now "
+            f"WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
+            {
+                "state": state,
+                "result": result.model_dump_json(),
+                "now": now,
+                "id": ticket_id,
+                "epoch": epoch,
+            },
+        )
+        if row is None:
+            return None
+        response = json.dumps(row)  # before _ticket reads the row
+        ticket = _ticket(row)
+        self._end_attempt(tx, ticket.id, epoch, state, request, response, now)
+        return ticket
+
     def _complete_to_merge(
         self, ticket_id: int, epoch: int, result: TicketResult, request: Any, now: float
     ) -> Ticket:
         with self.db.tx() as tx:
-            row = tx.one(
-                "UPDATE tickets SET state = 'merging', lease_expires_at = NULL, "
-                "result = :result, last_error = NULL, updated_at = :now "
-                f"WHERE {_LIVE_LEASE} RETURNING {TICKET_COLUMNS}",
-                {"result": result.model_dump_json(), "now": now, "id": ticket_id, "epoch": epoch},
-            )
-            if row is None:
+            ticket = self._end_lease(tx, ticket_id, epoch, "merging", result, request, now)
+            if ticket is None:
                 return self._replay(tx, ticket_id, epoch, request, now)
-            response = json.dumps(row)
-            ticket = _ticket(row)
-            self._end_attempt(tx, ticket.id, epoch, "merging", request, response, now)
             data = {"epoch": epoch, "branch": result.branch}
             self._append(tx, [("ticket.merging", ticket.plan_id, ticket.id, data)])
         self._publish(0)
