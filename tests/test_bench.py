@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from swarmstack.bench import listschedule
 from swarmstack.bench.dag import layered_plan, waved_plan
+from swarmstack.bench.dashboard import CHROMIUM
 from swarmstack.cli.main import app
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import PlanSpec, TicketSpec
@@ -110,3 +112,26 @@ def test_bench_schedule_small_run_figures_hang_together() -> None:
     )
     assert 0 < f["efficiency"] <= 1
     assert f["claim_p50_ms"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason="Debian's chromium is not installed (scripts/setup installs it)",
+)
+def test_bench_dashboard_small_run_draws_every_ticket_and_misses_no_event() -> None:
+    args = ["--tickets", "60", "--agents", "5", "--seconds", "3", "--turn-s", "0.3"]
+    result = runner.invoke(app, ["bench", "dashboard", *args])
+    assert result.exit_code == 0, result.output
+    f = json.loads(result.stdout)
+    assert (f["tickets"], f["agents"], f["tickets_drawn"]) == (60, 5, 60)
+    assert f["missed"] == 0 and f["agent_errors"] == 0
+    assert f["events_applied"] == f["events_written"] > 60
+    assert f["tickets_done"] > 0 and f["events_per_s"] > 0
+    assert 0 < f["load_ms"] < 20_000
+    assert f["frames"] > 0 and 0 < f["frame_p50_ms"] <= f["frame_p99_ms"]
+    assert f["latency_samples"] > f["tickets_done"]  # claims, completions, tickets made ready
+    for name in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
+        assert isinstance(f[name], float) and 0 < f[name] < 5000, name
+    assert f["latency_p50_ms"] <= f["latency_p99_ms"] <= f["latency_max_ms"]
+    assert 0 <= f["busy_share"] <= 1 and isinstance(f["smooth"], bool)

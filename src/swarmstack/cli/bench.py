@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
 import typer
 
-from swarmstack.cli.common import console, guarded, print_json
+from swarmstack.cli.common import console, err_console, guarded, print_json
 
 app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 
@@ -153,6 +154,60 @@ def e2e(
     from swarmstack.bench import e2e as bench_e2e
 
     result = bench_e2e.run(agents, tickets, think_s, per_sandbox)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)
+
+
+@app.command("dashboard")
+@guarded
+def dashboard(
+    tickets: int = typer.Option(1000, "--tickets", min=1, max=10_000, help="Tickets in the plan."),
+    agents: int = typer.Option(100, "--agents", min=1, max=1000, help="Simulated agents."),
+    seconds: float = typer.Option(
+        20.0,
+        "--seconds",
+        min=1,
+        max=600,
+        help="Seconds the agents work while the page is measured.",
+    ),
+    turn_s: float = typer.Option(
+        2.0,
+        "--turn-s",
+        min=0.05,
+        max=60,
+        help="Mean seconds of an agent's turn (it ends with three log lines and a heartbeat).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the plan and of the agents."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Sample the page's script and list its busiest functions."
+    ),
+    trace: Path | None = typer.Option(
+        None,
+        "--trace",
+        dir_okay=False,
+        help="Save Chromium's performance trace of the window here and add each frame's CPU "
+        "time by rendering phase.",
+    ),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """The dashboard in Debian's Chromium while simulated agents work a big plan: load time,
+    frame times, the main thread's busy share, change-to-paint latency, events missed."""
+    from swarmstack.bench import dashboard as bench_dashboard
+
+    options = bench_dashboard.Options(
+        tickets=tickets,
+        agents=agents,
+        seconds=seconds,
+        turn_s=turn_s,
+        seed=seed,
+        profile=profile,
+        trace=trace,
+    )
+    result = bench_dashboard.run(
+        options, progress=lambda message: err_console.print(message, style="dim")
+    )
     if json_out:
         print_json(result)
     else:
