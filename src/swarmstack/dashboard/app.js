@@ -14,12 +14,15 @@ const NODE = { w: 112, h: 22, gapX: 44, gapY: 6, pad: 8 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const AGENTS_POLL_MS = 2000;
+const REFRESH_MS = 200; // how often a burst of events is shown
 
 const view = {
   plan: null, tickets: new Map(), byKey: new Map(), critical: new Set(),
   lastSeq: 0, socket: null, applied: 0, seqs: [], cost: 0, attention: new Map(),
   doneTimes: [], selected: null, retryTimer: null, dirty: false,
   agents: new Map(), agentsTimer: null, draft: false, sandboxes: [], generation: 0,
+  unpainted: new Set(), refreshTimer: null, waveRows: [], agentRows: new Map(),
+  attentionShown: null,
 };
 window.swarmDashboard = view; // what the browser tests read
 
@@ -95,6 +98,7 @@ async function load(planId) {
   Object.assign(view, {
     tickets: new Map(), byKey: new Map(), critical: new Set(), lastSeq: 0, applied: 0,
     seqs: [], cost: 0, attention: new Map(), doneTimes: [], agents: new Map(), draft: false,
+    unpainted: new Set(),
   });
   // A newer load (another plan chosen, the plan approved) makes this one give up.
   const generation = ++view.generation;
@@ -192,6 +196,7 @@ async function pollAgents() {
     if (!view.plan || view.plan.id !== planId) return;
     view.agents = new Map(agents.map((a) => [a.ticket_id, a]));
     view.sandboxes = sandboxes;
+    drawSandboxes();
     refresh();
   } catch (_) { /* the connection badge says when the control plane is away */ }
   view.agentsTimer = setTimeout(pollAgents, AGENTS_POLL_MS);
@@ -321,12 +326,19 @@ function apply(event) {
         view.attention.delete(ticket.id);
       }
       if (state !== "claimed") view.agents.delete(ticket.id);
-      paintTicket(ticket);
+      view.unpainted.add(ticket);
     }
     if (event.kind === "ticket.ready" && event.data.fix) sentBack(ticket);
     if (view.selected === ticket.id && event.kind.startsWith("agent.")) addLogLine(event);
   }
-  if (!view.dirty) { view.dirty = true; requestAnimationFrame(() => { view.dirty = false; refresh(); }); }
+  scheduleRefresh();
+}
+
+// Events come by the hundred a second with a hundred agents at work: the page shows them in
+// batches, a few times a second, and changes only what changed. (A repaint of a 1,000-box SVG
+// and a rebuilt table on every frame cost more than a frame.)
+function scheduleRefresh() {
+  if (view.refreshTimer === null) view.refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
 // -- the DAG -----------------------------------------------------------------------------
@@ -344,6 +356,10 @@ function drawDag() {
   const svg = $("dag");
   svg.replaceChildren();
   const cols = columns();
+  makeWaveRows(cols);
+  view.agentRows = new Map();
+  $("agents").replaceChildren();
+  view.attentionShown = null;
   const place = new Map();
   cols.forEach((col, x) => col.forEach((t, y) => place.set(t.key, {
     x: NODE.pad + x * (NODE.w + NODE.gapX), y: NODE.pad + y * (NODE.h + NODE.gapY),
@@ -393,59 +409,94 @@ function drawDag() {
 }
 
 function paintTicket(t) {
-  if (!t.node) return;
+  if (!t.node || t.node.dataset.state === t.state) return;
   t.node.dataset.state = t.state;
-  t.node.querySelector("rect").setAttribute("fill", `var(--${t.state})`);
+  t.node.firstChild.setAttribute("fill", `var(--${t.state})`);
 }
 
 // -- totals, agents, attention -----------------------------------------------------------
 
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
 function refresh() {
+  clearTimeout(view.refreshTimer);
+  view.refreshTimer = null;
+  for (const t of view.unpainted) paintTicket(t);
+  view.unpainted.clear();
   const tickets = [...view.tickets.values()];
-  const count = (s) => tickets.filter((t) => t.state === s).length;
+  const counts = new Map();
+  for (const t of tickets) counts.set(t.state, (counts.get(t.state) || 0) + 1);
+  const count = (s) => counts.get(s) || 0;
   const done = count("done");
-  $("done-count").textContent = `${done}/${tickets.length}`;
-  $("working-count").textContent = count("claimed") + count("merging");
+  setText($("done-count"), `${done}/${tickets.length}`);
+  setText($("working-count"), String(count("claimed") + count("merging")));
   const budget = view.plan && view.plan.budget_usd;
-  $("cost").textContent = `$${view.cost.toFixed(2)}`;
-  $("budget").textContent = budget ? `spent of $${budget.toFixed(2)}` : "spent";
+  setText($("cost"), `$${view.cost.toFixed(2)}`);
+  setText($("budget"), budget ? `spent of $${budget.toFixed(2)}` : "spent");
   const times = view.doneTimes;
   if (times.length >= 2) {
     const hours = (times.at(-1) - times[0]) / 3600;
     const rate = hours > 0 ? (times.length - 1) / hours : 0;
-    $("rate").textContent = rate ? rate.toFixed(0) : "–";
+    setText($("rate"), rate ? rate.toFixed(0) : "–");
     const left = tickets.length - done;
-    $("eta").textContent = rate && left ? new Date(Date.now() + (left / rate) * 3600e3).toLocaleTimeString() : "–";
+    setText($("eta"), rate && left ? new Date(Date.now() + (left / rate) * 3600e3).toLocaleTimeString() : "–");
   }
-  $("states").replaceChildren(...STATES.filter(count).map((s) => {
-    const chip = document.createElement("span");
-    chip.className = "chip";
-    chip.dataset.state = s;
-    const swatch = document.createElement("i");
-    swatch.style.background = `var(--${s})`;
-    chip.append(swatch, `${s} ${count(s)}`);
-    return chip;
-  }));
-  $("waves").replaceChildren(...columns().map((col, n) => {
-    const finished = col.filter((t) => t.state === "done").length;
+  drawStates(count);
+  drawWaves();
+  drawAgents(tickets);
+  drawAttention(budget);
+}
+
+function drawStates(count) {
+  const box = $("states");
+  for (const s of STATES) {
+    let chip = box.querySelector(`[data-state="${s}"]`);
+    if (!chip && count(s)) {
+      chip = document.createElement("span");
+      chip.className = "chip";
+      chip.dataset.state = s;
+      const swatch = document.createElement("i");
+      swatch.style.background = `var(--${s})`;
+      chip.append(swatch, document.createElement("span"));
+      box.append(chip);
+    }
+    if (!chip) continue;
+    chip.hidden = !count(s);
+    setText(chip.lastChild, `${s} ${count(s)}`);
+  }
+  // keep the chips in the order of STATES
+  const order = STATES.map((s) => box.querySelector(`[data-state="${s}"]`)).filter(Boolean);
+  order.forEach((chip, n) => { if (box.children[n] !== chip) box.insertBefore(chip, box.children[n] || null); });
+}
+
+// One bar per wave, made with the DAG (drawDag), updated in place.
+function drawWaves() {
+  view.waveRows.forEach(({ tickets, fill, figure }) => {
+    const finished = tickets.filter((t) => t.state === "done").length;
+    const width = `${(100 * finished) / tickets.length}%`;
+    if (fill.style.width !== width) fill.style.width = width;
+    setText(figure, `${finished}/${tickets.length}`);
+  });
+}
+
+function makeWaveRows(cols) {
+  view.waveRows = cols.map((col, n) => {
     const row = document.createElement("div");
     row.className = "wave";
     row.dataset.wave = n;
     const bar = document.createElement("div");
     bar.className = "bar";
     const fill = document.createElement("b");
-    fill.style.width = `${(100 * finished) / col.length}%`;
     bar.append(fill);
     const label = document.createElement("span");
     label.textContent = `wave ${n + 1}`;
     const figure = document.createElement("span");
-    figure.textContent = `${finished}/${col.length}`;
     row.append(label, bar, figure);
-    return row;
-  }));
-  drawAgents(tickets);
-  drawSandboxes();
-  drawAttention(budget);
+    return { row, tickets: col, fill, figure };
+  });
+  $("waves").replaceChildren(...view.waveRows.map((w) => w.row));
 }
 
 function rowButton(text, title, onClick) {
@@ -466,11 +517,20 @@ function drawAgents(tickets) {
   const now = Date.now() / 1000;
   const busy = tickets.filter((t) => t.state === "claimed" || t.state === "merging");
   busy.sort((a, b) => (a.state < b.state ? -1 : a.state > b.state ? 1 : a.id - b.id));
-  $("agents-count").textContent = busy.length ? `(${busy.length})` : "";
+  setText($("agents-count"), busy.length ? `(${busy.length})` : "");
   $("agents-none").hidden = busy.length > 0;
-  $("agents").replaceChildren(...busy.map((t) => {
-    const row = document.createElement("tr");
-    row.dataset.ticket = t.id;
+  const body = $("agents");
+  const rows = view.agentRows;
+  const keep = new Set(busy.map((t) => t.id));
+  for (const [id, row] of rows) if (!keep.has(id)) { row.remove(); rows.delete(id); }
+  busy.forEach((t, n) => {
+    let row = rows.get(t.id);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.ticket = t.id;
+      for (let c = 0; c < 10; c += 1) row.append(document.createElement("td"));
+      rows.set(t.id, row);
+    }
     const seen = t.state === "claimed" ? view.agents.get(t.id) : null;
     const box = (seen && seen.sandbox) || {};
     const since = (seen && seen.claimed_at) || t.claimed_at || t.updated_at;
@@ -485,17 +545,18 @@ function drawAgents(tickets) {
       box.cpu_percent === undefined || box.cpu_percent === null ? "" : `${Math.round(box.cpu_percent)}%`,
       String(t.attempts),
     ];
-    for (const value of cells) { const td = document.createElement("td"); td.textContent = value; row.append(td); }
-    if (seen && seen.stale) row.classList.add("stale");
-    const actions = document.createElement("td");
-    if (t.state === "claimed") {
-      actions.append(rowButton("Stop",
+    cells.forEach((value, c) => setText(row.children[c], value));
+    const stale = Boolean(seen && seen.stale);
+    if (row.classList.contains("stale") !== stale) row.classList.toggle("stale", stale);
+    const actions = row.children[9];
+    const stoppable = t.state === "claimed";
+    if (stoppable !== Boolean(actions.firstChild)) {
+      actions.replaceChildren(...(stoppable ? [rowButton("Stop",
         "Stop this agent: its sandbox is replaced and the ticket goes to another agent",
-        () => stopAgent(t.id)));
+        () => stopAgent(t.id))] : []));
     }
-    row.append(actions);
-    return row;
-  }));
+    if (body.children[n] !== row) body.insertBefore(row, body.children[n] || null);
+  });
 }
 
 function drawAttention(budget) {
@@ -511,6 +572,9 @@ function drawAttention(budget) {
     if (a.stale) items.push([a.ticket_id, `${a.ticket_key}: agent ${a.agent} is stale (no heartbeat for ${ago(Date.now() / 1000 - a.last_heartbeat_at)})`]);
   }
   $("attention").hidden = items.length === 0;
+  const digest = items.map(([id, text]) => `${id}\u0000${text}`).join("\u0001");
+  if (digest === view.attentionShown) return;
+  view.attentionShown = digest;
   $("attention-list").replaceChildren(...items.map(([id, text]) => {
     const li = document.createElement("li");
     li.textContent = text;
