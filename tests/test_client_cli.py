@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import typer
 from pydantic import TypeAdapter
 from typer._click import Context  # Typer vendors its own Click
 from typer.testing import CliRunner, Result
+from websockets.exceptions import ConnectionClosed
 
 from swarmstack.api.schemas import EventPage, TicketPage, TokenCreated, TokenInfo
 from swarmstack.bench.serverproc import ServerProcess, free_port
@@ -392,6 +394,49 @@ async def test_aiohttp_client_round_trip(
         page = await admin_async.events(limit=2)
         assert len(page.events) == 2
         await client.aclose()
+
+
+def test_a_stopping_server_answers_its_parked_claims_and_closes_its_event_streams(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from websockets.sync.client import connect
+
+    with ServerProcess(tmp_path / "data") as proc:
+        with SwarmClient(proc.url, proc.admin_token) as admin:
+            agent_token = admin.create_token("agent", "parked").token
+            held = admin.create_plan(PlanSpec(title="drained", tickets=[tk("a")]))
+            admin.pause_plan(held.id)  # events to stream, and nothing to claim
+        answers: list[Any] = []
+
+        def park() -> None:
+            with SwarmClient(proc.url, agent_token) as agent:
+                try:
+                    answers.append(agent.claim("parked", wait_s=120))
+                except SwarmError as exc:
+                    answers.append(exc)
+
+        waiting = threading.Thread(target=park)
+        waiting.start()
+        for _ in range(6000):  # a bound, not a timing assertion
+            if "swarm_claim_waiters 1.0" in httpx.get(proc.url + "/metrics").text:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the long-poll claim never parked")
+        with connect(proc.url.replace("http", "ws") + "/v1/events/ws") as socket:
+            socket.send(json.dumps({"token": proc.admin_token}))
+            socket.recv(timeout=10)  # a replayed event of the plan made above: it streams
+            proc.stop()  # SIGTERM
+            waiting.join(60)
+            # The claim got its answer (nothing to do), not a connection cut at the server's
+            # graceful-shutdown timeout; the event stream was closed with "service restart".
+            assert answers == [None]
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    socket.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
 
 
 async def test_async_long_poll_is_woken_by_a_completion(

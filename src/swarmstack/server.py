@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import FrameType
 
 from swarmstack.auth import TokenKind
 from swarmstack.config import Settings
@@ -38,7 +39,13 @@ def serve(settings: Settings, *, log_level: str = "warning") -> None:
     store.migrate()
     ensure_admin_token(settings, store)
     app = create_app(settings, store=store)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.swarm.drain_soon()  # long-polls and event streams end at once
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -46,6 +53,7 @@ def serve(settings: Settings, *, log_level: str = "warning") -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    Server(config).run()
 
 
 def seed_plan(settings: Settings, plan_file: Path) -> Plan | None:

@@ -23,6 +23,7 @@ class ThreadedServer:
             app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
         )
         self._server = uvicorn.Server(config)
+        self._app = app
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -41,6 +42,11 @@ class ThreadedServer:
         return self
 
     def stop(self) -> None:
+        # A control plane ends its long-polls and event streams at once rather than after
+        # the graceful-shutdown timeout.
+        swarm = getattr(getattr(self._app, "state", None), "swarm", None)
+        if swarm is not None:
+            swarm.drain_soon()
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._sock.close()

@@ -89,6 +89,8 @@ def create_app(
         else:
             state.waker.bind(asyncio.get_running_loop())
             state.store.subscribe(state.waker.on_change)
+        state.loop = asyncio.get_running_loop()
+        state.draining = False
         sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
         if state.settings.merge_queue:
             from swarmstack.forge.local import LocalForge

@@ -66,7 +66,7 @@ async def claim(request: Request) -> Response:
                 priority=Priority.CLAIM,
             )
             remaining = deadline - time.monotonic()
-            if lease is not None or remaining <= 0:
+            if lease is not None or remaining <= 0 or state.draining:
                 break
             # A bounded nap also covers a wake-up lost with a dropped LISTEN connection.
             # asyncio.timeout, not wait_for: awaiting the future itself resumes this request

@@ -91,6 +91,9 @@ async def stream_events(
     last = after
     try:
         while not watcher.done():
+            if state.draining:  # the server stops: the client reconnects to it, or another
+                await websocket.close(code=1012, reason="the server is restarting")
+                return
             signal = state.waker.next_events()
             events = state.store.events_after(last, limit=1000, plan_id=plan_id)
             for event in events:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import threading
@@ -47,6 +48,20 @@ class AppState:
     gateway: Any = None  # the LLM gateway's upstream client (routes_llm.Gateway), on first use
     designs: Any = None  # the running design tasks (designs.Designs), on first use
     merge_queue: Any = None  # the merge queue (forge.queue.MergeQueue) while the app runs
+    draining: bool = False  # the server is stopping: long-polls and event streams end now
+    loop: asyncio.AbstractEventLoop | None = None  # the server's, while the app runs
+
+    def drain(self) -> None:
+        """The server is stopping: every parked claim answers now (204: nothing yet) and every
+        event stream closes (1012: the service restarts), so the server need not wait out its
+        graceful-shutdown timeout for them. Call on the loop; see :meth:`drain_soon`."""
+        self.draining = True
+        self.waker.wake(1 << 30)
+
+    def drain_soon(self) -> None:
+        """:meth:`drain`, from any thread (a signal handler, the thread stopping a server)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.drain)
 
     async def call(
         self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.WRITE, **kwargs: Any
