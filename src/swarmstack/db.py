@@ -165,6 +165,7 @@ class Database:
         self._busy_ms = busy_timeout_ms
         self._local = threading.local()
         self._all: list[Any] = []
+        self._owners: dict[Any, threading.Thread] = {}  # each connection's thread
         self._lock = threading.Lock()
         self._cache: dict[str, str] = {}
         self._checkpointer: threading.Thread | None = None
@@ -193,7 +194,20 @@ class Database:
                 self.conninfo, autocommit=True, connect_timeout=10, row_factory=dict_row
             )
         with self._lock:
+            # A thread that ended cannot use its connection again: close it, or every
+            # short-lived thread (a test client's portal, an executor's) would keep one open.
+            ended = [c for c, t in self._owners.items() if not t.is_alive()]
+            for stale in ended:
+                del self._owners[stale]
+                if stale in self._all:
+                    self._all.remove(stale)
             self._all.append(conn)
+            self._owners[conn] = threading.current_thread()
+        for stale in ended:
+            try:
+                stale.close()
+            except Exception:  # closing is best effort
+                continue
         return conn
 
     def _connection(self) -> Any:
@@ -212,6 +226,7 @@ class Database:
         with self._lock:
             if conn in self._all:
                 self._all.remove(conn)
+            self._owners.pop(conn, None)
         try:
             conn.close()
         except Exception:  # already broken; nothing to save
@@ -301,6 +316,7 @@ class Database:
             self._checkpointer = None
         with self._lock:
             conns, self._all = self._all, []
+            self._owners.clear()
         for conn in conns:
             try:
                 conn.close()
