@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from swarmstack.api import create_app
+from swarmstack.bench.dashboard import CHROMIUM, CHROMIUM_ARGS
 from swarmstack.config import Settings
 from swarmstack.threaded import ThreadedServer
 from swarmstack.tickets.models import (
@@ -26,7 +27,6 @@ from swarmstack.tickets.models import (
 )
 from swarmstack.tickets.store import TicketStore
 
-CHROMIUM = "/usr/bin/chromium"
 ADMIN = "swadmin_0_" + "d" * 43
 SHOTS = Path(os.environ.get("SWARM_SCREENSHOTS", "test-screenshots"))
 
@@ -73,14 +73,7 @@ def browser() -> Iterator[Any]:
         chromium = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         yield chromium
         chromium.close()
