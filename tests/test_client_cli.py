@@ -809,6 +809,7 @@ def test_every_command_has_help_text_and_help_works() -> None:
         "serve",
         "waves",
         "demo",
+        "mcp",
         "plan",
         "plan validate",
         "plan import",

@@ -54,6 +54,8 @@ def _settings(data_dir: Path, database_url: str) -> Settings:
         # A generated claim may ask to long-poll for up to an hour; the server caps the wait
         # at this, so a claim that finds nothing answers 204 at once instead of sleeping.
         claim_wait_max_s=0.0,
+        # A generated run would start real agents, up to a thousand: this app starts none.
+        max_run_agents=0,
     )
 
 

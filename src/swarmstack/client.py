@@ -27,6 +27,7 @@ from swarmstack.api.schemas import (
     EventPage,
     FileWritten,
     Health,
+    Run,
     TicketContext,
     TicketPage,
     TokenCreated,
@@ -165,6 +166,21 @@ class Calls:
     def approve_plan(plan_id: int, max_attempts: int | None = None) -> Call[Plan]:
         params = {"max_attempts": max_attempts} if max_attempts else {}
         return Call("POST", f"/v1/plans/{plan_id}/approve", _model(Plan), params=params)
+
+    @staticmethod
+    def start_run(plan_id: int, agents: int | None = None, backend: str | None = None) -> Call[Run]:
+        body = {k: v for k, v in (("agents", agents), ("backend", backend)) if v is not None}
+        return Call("POST", f"/v1/plans/{plan_id}/run", _model(Run), body, timeout=VM_TIMEOUT_S)
+
+    @staticmethod
+    def runs(plan_id: int | None = None) -> Call[list[Run]]:
+        params: dict[str, Any] = {"plan_id": plan_id} if plan_id is not None else {}
+        return Call("GET", "/v1/runs", _list(Run), params=params)
+
+    @staticmethod
+    def stop_run(plan_id: int) -> Call[Run]:
+        # It answers once every runner has stopped and every sandbox is gone.
+        return Call("DELETE", f"/v1/plans/{plan_id}/run", _model(Run), timeout=VM_TIMEOUT_S)
 
     @staticmethod
     def validate_plan(spec: PlanSpec, strict: bool = False) -> Call[ValidationReport]:
@@ -597,6 +613,16 @@ class SwarmClient:
 
     def resume_plan(self, plan_id: int) -> Plan:
         return self.send(Calls.resume_plan(plan_id))
+
+    def start_run(self, plan_id: int, agents: int | None = None, backend: str | None = None) -> Run:
+        """Start agents on the plan, in the control plane (they stop when it is settled)."""
+        return self.send(Calls.start_run(plan_id, agents, backend))
+
+    def runs(self, plan_id: int | None = None) -> list[Run]:
+        return self.send(Calls.runs(plan_id))
+
+    def stop_run(self, plan_id: int) -> Run:
+        return self.send(Calls.stop_run(plan_id))
 
     def validate_plan(self, spec: PlanSpec, strict: bool = False) -> ValidationReport:
         return self.send(Calls.validate_plan(spec, strict))

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         default=32, ge=1, le=4096, description="sandboxes the VM API keeps alive at once"
     )
 
+    max_run_agents: int = Field(
+        default=64,
+        ge=0,
+        le=1000,
+        description="the most agents a run the control plane starts itself may have "
+        "(POST /v1/plans/{id}/run); 0: it starts none",
+    )
+
     merge_queue: bool = Field(
         default=True,
         description="merge each ticket's branch into its plan's integration branch, after the "

@@ -28,14 +28,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -46,10 +45,13 @@ from rich.table import Table
 from swarmstack.bench.serverproc import ServerProcess
 from swarmstack.client import SwarmClient
 from swarmstack.design.progress import describe
-from swarmstack.design.repo import is_url
+from swarmstack.design.repo import clone, is_url
 from swarmstack.design.request import DesignOptions, DesignRequest
 from swarmstack.errors import DesignFailed, SwarmError, UsageError
 from swarmstack.tickets.models import Plan, Ticket, TicketState
+
+if TYPE_CHECKING:
+    from swarmstack.agent.host import HostConfig
 
 STATE_FILE = "run.json"
 DEFAULT_AGENTS = 4
@@ -130,6 +132,66 @@ def agent_backend(name: str) -> str:
     return name
 
 
+def agents_dir(data_dir: Path, sandbox_dir: Path | None = None) -> Path:
+    """Where the agents of a control plane's data directory keep their sandboxes' files: not
+    in the data directory, which may sit where other users may not pass (root's home is
+    0700), and bubblewrap binds a sandbox's files as the sandbox's own uid."""
+    from swarmstack.config import Settings
+
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return (sandbox_dir or Settings().sandbox_dir) / f"agents-{digest}"
+
+
+def pool_config(
+    api_url: str, token: str, state_dir: Path, agents: int, backend: str, plan_id: int
+) -> HostConfig:
+    """The agent pool of a run: ``agents`` slots working ``plan_id``'s tickets."""
+    from swarmstack.agent.host import HostConfig
+
+    return HostConfig(
+        api_url=api_url,
+        token=token,
+        state_dir=state_dir,
+        agents=agents,
+        backend=backend,
+        plan_id=plan_id,
+        # A runner told to stop finishes the long-poll it is in first: keep it short.
+        wait_s=3.0,
+    )
+
+
+def settled(states: Iterable[TicketState]) -> bool:
+    """No ticket can move any more without a person: all done, or blocked by the dead."""
+    seen = list(states)
+    return bool(seen) and not any(s in MOVING for s in seen)
+
+
+def local_repo(source: str, sources_dir: Path) -> Path:
+    """A repository as a local path: a URL is cloned into ``sources_dir`` once."""
+    if not is_url(source):
+        path = Path(source).expanduser().resolve()
+        if not (path / ".git").exists() and not (path / "HEAD").is_file():
+            raise UsageError(f"{source} is not a git repository")
+        return path
+    target = sources_dir / source.rstrip("/").rsplit("/", 1)[-1]
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clone(source, target, shallow=False)
+    return target
+
+
+def start_control_plane(data_dir: Path, env: dict[str, str]) -> ServerProcess:
+    """``swarm serve`` on ``<data_dir>/control-plane``, its admin token written to
+    ``<data_dir>/admin.token`` where only this user can read it (the dashboard asks for it)."""
+    server = ServerProcess(data_dir / "control-plane", env=env)
+    server.start(timeout=60)
+    token_file = data_dir / "admin.token"
+    token_file.touch(mode=0o600)
+    token_file.chmod(0o600)
+    token_file.write_text(server.admin_token + "\n")
+    return server
+
+
 class SwarmRun:
     def __init__(
         self,
@@ -202,16 +264,11 @@ class SwarmRun:
             self.url = api_url.rstrip("/")
             return self.url, token
         env = {"SWARM_SANDBOX_BACKEND": backend, **o.server_env}
-        self.server = ServerProcess(self.data_dir / "control-plane", env=env)
-        self.server.start(timeout=60)
+        self.server = start_control_plane(self.data_dir, env)
         stack.callback(self.server.stop)
         self.url = self.server.url
-        # The dashboard asks for this token: it is written where only this user can read it,
-        # never printed.
+        # The dashboard's token is written, never printed.
         token_file = self.data_dir / "admin.token"
-        token_file.touch(mode=0o600)
-        token_file.chmod(0o600)
-        token_file.write_text(self.server.admin_token + "\n")
         self.console.print(
             f"dashboard: {self.url}/ (sign in with the token in {token_file}); data in "
             f"{self.data_dir}, log {self.server.log_path}",
@@ -246,25 +303,7 @@ class SwarmRun:
 
     def _local_repo(self, source: str) -> Path:
         """The repository as a local path: a URL is cloned into the data directory once."""
-        if not is_url(source):
-            path = Path(source).expanduser().resolve()
-            if not (path / ".git").exists() and not (path / "HEAD").is_file():
-                raise UsageError(f"{source} is not a git repository")
-            return path
-        target = self.data_dir / "sources" / source.rstrip("/").rsplit("/", 1)[-1]
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(
-                ["git", "clone", "--quiet", "--", source, str(target)],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=600,
-                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-            )
-            if done.returncode != 0:
-                raise UsageError(f"cannot clone {source}: {done.stderr.strip()[-300:]}")
-        return target
+        return local_repo(source, self.data_dir / "sources")
 
     def _design(self, admin: SwarmClient, spec_file: Path, repo: Path) -> Plan:
         try:
@@ -310,7 +349,7 @@ class SwarmRun:
     async def _execute(
         self, admin: SwarmClient, plan: Plan, agents: int, backend: str, token: str
     ) -> Summary:
-        from swarmstack.agent.host import AgentHost, HostConfig
+        from swarmstack.agent.host import AgentHost
 
         started = time.monotonic()
         stop = asyncio.Event()
@@ -318,19 +357,10 @@ class SwarmRun:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         agent_token = await asyncio.to_thread(admin.create_token, "agent", f"run-{plan.id}")
-        host = AgentHost(
-            HostConfig(
-                api_url=self.url,
-                token=agent_token.token,
-                state_dir=self.agents_dir(),
-                agents=agents,
-                backend=backend,
-                plan_id=plan.id,
-                # A runner told to stop finishes the long-poll it is in first: keep it short.
-                wait_s=3.0,
-            ),
-            on_line=lambda _slot, _line: None,
+        config = pool_config(
+            self.url, agent_token.token, self.agents_dir(), agents, backend, plan.id
         )
+        host = AgentHost(config, on_line=lambda _slot, _line: None)
         board = Board(plan, agents, backend, self.url)
         interrupted = False
         try:
@@ -409,13 +439,8 @@ class SwarmRun:
         )
 
     def agents_dir(self) -> Path:
-        """Where the agents' sandboxes keep their files: not in the data directory, which
-        may sit where other users may not pass (root's home is 0700), and bubblewrap binds a
-        sandbox's files as the sandbox's own uid."""
-        from swarmstack.config import Settings
-
-        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
-        return Settings().sandbox_dir / f"agents-{digest}"
+        """Where the agents' sandboxes keep their files (see :func:`agents_dir`)."""
+        return agents_dir(self.data_dir)
 
     # -- the state file ----------------------------------------------------------------
 
@@ -450,7 +475,7 @@ class Board:
     @property
     def settled(self) -> bool:
         """No ticket can move any more without a person: all done, or blocked by the dead."""
-        return bool(self.tickets) and not any(t.state in MOVING for t in self.tickets)
+        return settled(t.state for t in self.tickets)
 
     def render(self) -> Group:
         tickets = self.tickets

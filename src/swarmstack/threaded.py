@@ -41,14 +41,15 @@ class ThreadedServer:
             time.sleep(0.01)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut the server down, waiting up to ``timeout_s`` for its app's shutdown."""
         # A control plane ends its long-polls and event streams at once rather than after
         # the graceful-shutdown timeout.
         swarm = getattr(getattr(self._app, "state", None), "swarm", None)
         if swarm is not None:
             swarm.drain_soon()
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout_s)
         self._sock.close()
 
     def __enter__(self) -> ThreadedServer:

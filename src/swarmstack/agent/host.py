@@ -110,6 +110,11 @@ class AgentHost:
     def control_dir(self) -> Path:
         return self.config.state_dir / "control"
 
+    @property
+    def sandbox_ids(self) -> set[str]:
+        """The sandboxes whose runners have their token: the names those runners claim under."""
+        return {sandbox.id for sandbox in self._running.values()}
+
     async def __aenter__(self) -> AgentHost:
         await self.start()
         return self

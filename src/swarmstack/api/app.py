@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarmstack import __version__
@@ -27,6 +27,7 @@ from swarmstack.api import (
     routes_forge,
     routes_git,
     routes_llm,
+    routes_runs,
     routes_tickets,
     routes_vm,
 )
@@ -34,6 +35,7 @@ from swarmstack.api.state import AppState
 from swarmstack.config import Settings
 from swarmstack.errors import SwarmError
 from swarmstack.events import PgListener
+from swarmstack.mcp_server.http import McpEndpoint
 from swarmstack.sandbox.manager import BackendFactory, SandboxManager, default_factory
 from swarmstack.tickets.store import TicketStore
 
@@ -73,6 +75,7 @@ def create_app(
         sandboxes=sandboxes,
     )
     state.metrics.watch_store(state.store.counts, lambda: state.waker.waiting)
+    mcp = McpEndpoint(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +116,9 @@ def create_app(
         try:
             yield
         finally:
+            await mcp.close()
+            if state.runs is not None:  # before the store closes: their leases go back
+                await state.runs.close()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -145,7 +151,9 @@ def create_app(
     app.include_router(routes_llm.router)
     app.include_router(routes_git.router)
     app.include_router(routes_forge.router)
+    app.include_router(routes_runs.router)
     app.include_router(routes_dashboard.router)
+    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # ASGI: every method
     _install_error_handlers(app)
     lean.install_openapi(app)
     app.add_middleware(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from swarmstack.api.schemas import MAX_ID, ErrorBody
 from swarmstack.api.state import AppState, app_state, require_admin
@@ -46,3 +47,15 @@ AdminContext = Annotated[Ctx, Depends(admin_context)]
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer (400, 401 and 422 always)."""
     return {code: {"model": ErrorBody} for code in (400, 401, 422, *codes)}
+
+
+def own_url(scope: Scope) -> str:
+    """This server as a process on its own machine reaches it: the address the request came
+    in on, not its Host header (which may name a proxy in front of it)."""
+    server = scope.get("server")
+    if not server or server[1] is None:
+        return str(Request(scope).base_url).rstrip("/")
+    host, port = str(server[0]), int(server[1])
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{scope.get('scheme', 'http')}://{host}:{port}"

@@ -166,6 +166,42 @@ class Health(BaseModel):
     schema_version: int
 
 
+# -- runs: agent pools the control plane starts ------------------------------------------------
+
+MAX_RUN_AGENTS = 1000  # as `swarm run --agents`; SWARM_MAX_RUN_AGENTS may allow fewer
+RunState = Literal["running", "finished", "stopped", "failed"]
+
+
+class RunRequest(BaseModel):
+    """The body of ``POST /v1/plans/{id}/run``: how many agents, and where they run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: Integer = Field(
+        default=4, ge=1, le=MAX_RUN_AGENTS, description="agents at once, each in its own sandbox"
+    )
+    backend: Literal["auto", "bwrap", "qemu"] = Field(
+        default="auto",
+        description="where the agents run: bubblewrap, QEMU microVMs, or auto (bubblewrap "
+        "where it is installed, else QEMU)",
+    )
+
+
+class Run(BaseModel):
+    """An agent pool the control plane runs for a plan, until no ticket can move."""
+
+    plan_id: int
+    agents: int
+    backend: str
+    started_at: float
+    ended_at: float | None = None
+    state: RunState = Field(
+        description="running; finished (no ticket can move any more), stopped (by an admin "
+        "or the control plane's shutdown) or failed"
+    )
+    reason: str | None = Field(default=None, description="how it ended, for a person")
+
+
 # -- sandboxes (the VM API) ----------------------------------------------------------------------
 
 SANDBOX_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # sandbox and snapshot ids in paths

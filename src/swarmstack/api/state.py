@@ -48,6 +48,7 @@ class AppState:
     gateway: Any = None  # the LLM gateway's upstream client (routes_llm.Gateway), on first use
     designs: Any = None  # the running design tasks (designs.Designs), on first use
     merge_queue: Any = None  # the merge queue (forge.queue.MergeQueue) while the app runs
+    runs: Any = None  # the agent pools this process runs (runs.Runs), on first use
     draining: bool = False  # the server is stopping: long-polls and event streams end now
     loop: asyncio.AbstractEventLoop | None = None  # the server's, while the app runs
 

@@ -17,6 +17,7 @@ from swarmstack.cli.common import (
     print_json,
     settings,
 )
+from swarmstack.cli.mcp import mcp_command
 
 app = typer.Typer(
     name="swarm",
@@ -36,6 +37,7 @@ app.add_typer(pr.app, name="pr")
 app.command("agent")(agent.agent)
 app.command("run")(run.run_command)
 app.command("host")(host.host)
+app.command("mcp")(mcp_command)
 
 
 @app.command()

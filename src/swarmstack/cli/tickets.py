@@ -17,6 +17,7 @@ from swarmstack.cli.common import (
     guarded,
     print_json,
 )
+from swarmstack.tickets.log import log_line
 from swarmstack.tickets.models import Event, Ticket, TicketState
 
 app = typer.Typer(help="List, inspect, retry and cancel tickets.", no_args_is_help=True)
@@ -263,36 +264,6 @@ def usage(
     )
 
 
-def _log_line(event: Event) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(event.ts))
-    return f"{when}  #{event.seq:<6} {event.kind:<18} {_log_details(event)}"
-
-
-def _log_details(event: Event) -> str:
-    """An agent's entries read as a transcript; every other event as its fields."""
-    data = event.data
-    if event.kind in ("agent.message", "agent.status", "agent.error"):
-        return _first_lines(str(data.get("text", "")))
-    if event.kind == "agent.tool_call":
-        shown = data.get("input") or {}
-        if isinstance(shown, dict):
-            main = next((shown[k] for k in ("command", "file_path", "path") if k in shown), None)
-            shown = main if main is not None else shown
-        return f"{data.get('name')}: {_first_lines(str(shown))}"
-    if event.kind == "agent.tool_result":
-        mark = "error: " if data.get("is_error") else ""
-        return mark + _first_lines(str(data.get("output", "")))
-    if event.kind == "agent.output":
-        return f"[{data.get('stream')}] {data.get('text', '')}"
-    return " ".join(f"{k}={v}" for k, v in data.items() if v is not None)
-
-
-def _first_lines(text: str, lines: int = 3) -> str:
-    kept = text.strip().splitlines()
-    more = f" … (+{len(kept) - lines} lines)" if len(kept) > lines else ""
-    return " ⏎ ".join(kept[:lines]) + more
-
-
 @app.command("log")
 @guarded
 def log(
@@ -313,7 +284,7 @@ def log(
             if json_out:
                 typer.echo(event.model_dump_json())
             else:
-                console.print(_log_line(event), highlight=False, markup=False, soft_wrap=True)
+                console.print(log_line(event), highlight=False, markup=False, soft_wrap=True)
 
     after = 0
     with client(api, token) as api_client:

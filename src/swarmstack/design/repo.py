@@ -83,7 +83,7 @@ def summarize(source: str) -> RepoSummary:
     """Summarize a local repository or a git URL; :class:`UsageError` if it cannot be read."""
     if is_url(source):
         with tempfile.TemporaryDirectory(prefix="swarm-design-") as tmp:
-            _clone(source, Path(tmp) / "repo")
+            clone(source, Path(tmp) / "repo")
             summary = summarize_path(Path(tmp) / "repo")
         return summary.model_copy(update={"source": source})
     path = Path(source).expanduser()
@@ -160,13 +160,16 @@ def _read(root: Path, rel: str) -> KeyFile | None:
     return KeyFile(path=rel, text=text[:MAX_FILE_CHARS], truncated=len(text) > MAX_FILE_CHARS)
 
 
-def _clone(url: str, into: Path) -> None:
+def clone(url: str, into: Path, *, shallow: bool = True) -> None:
+    """``git clone`` of ``url`` into ``into`` (its last commit only, when ``shallow``); a
+    failure is a :class:`UsageError` with git's reason."""
+    depth = ["--depth", "1"] if shallow else []
     done = subprocess.run(
-        ["git", "clone", "--quiet", "--depth", "1", "--", url, str(into)],
+        ["git", "clone", "--quiet", *depth, "--", url, str(into)],
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=300 if shallow else 600,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
     )
     if done.returncode != 0:
