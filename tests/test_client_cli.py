@@ -508,6 +508,21 @@ def test_cli_plan_pause_and_resume(server: ServerProcess, admin: SwarmClient) ->
     assert "no plan 99999" in line
 
 
+def test_cli_plan_start_and_stop_say_why_they_are_refused(
+    server: ServerProcess, admin: SwarmClient
+) -> None:
+    draft = admin.create_plan(PlanSpec(title="a draft", tickets=[tk("a")]), draft=True)
+    line = assert_one_line_error(cli(server, "plan", "start", str(draft.id)), 1)
+    assert "is a draft: approve it first" in line
+    active = admin.create_plan(PlanSpec(title="idle", tickets=[tk("a")]))
+    line = assert_one_line_error(cli(server, "plan", "stop", str(active.id)), 1)
+    assert f"plan {active.id} has no run going" in line
+    bad = cli(server, "plan", "start", str(active.id), "--backend", "firecracker")
+    assert "is not one of auto, bwrap, qemu" in assert_one_line_error(bad, 2)
+    assert "no runs yet" in cli(server, "plan", "runs", str(active.id)).output
+    assert json.loads(cli(server, "plan", "runs", "--json").stdout) == []
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 
 runner = CliRunner()

@@ -56,6 +56,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, TicketStore, int]]:
         database_url=f"sqlite:///{tmp_path / 'swarm.db'}",
         admin_token=ADMIN,
         merge_queue=False,
+        max_run_agents=0,  # a run in the store is shown, never taken up
     )
     store = TicketStore.from_settings(settings)
     store.migrate()
@@ -213,6 +214,29 @@ def test_pause_stops_claiming_and_resume_starts_it_again(
     # A pause made elsewhere (the CLI, another tab) reaches the page as an event.
     store.pause_plan(plan_id)
     page.wait_for_selector("#paused:not([hidden])", timeout=2000)
+
+
+def test_a_run_of_agents_is_shown_started_and_stopped_from_the_page(
+    server: tuple[str, TicketStore, int], browser: Any
+) -> None:
+    url, store, plan_id = server
+    page = _signed_in(browser, url)
+    page.wait_for_selector("#run-start:not([hidden])")
+    assert not page.is_visible("#run-stop") and not page.is_visible("#run-state")
+    page.fill("#run-agents", "3")
+    page.click("#run-start")  # this control plane starts no agents: the page says why
+    page.wait_for_selector("#plan-error:has-text('start agents: this control plane starts no')")
+    # A run another control plane left (handed over at its shutdown) shows as waiting.
+    run = store.runs.start(plan_id, 3, "bwrap", "host-b:4242:ab12", lease_s=30)
+    page.wait_for_selector("#run-state:has-text('3 agents (bwrap)')", timeout=5000)
+    assert "host-b:4242:ab12" in page.get_attribute("#run-state", "title")
+    assert store.runs.hand_over(run.id, "host-b:4242:ab12")
+    page.wait_for_selector("#run-state:has-text('run waiting for a control plane')", timeout=5000)
+    assert not page.is_visible("#run-start")
+    page.click("#run-stop")
+    page.wait_for_selector("#run-state:has-text('last run stopped: an admin stopped it')")
+    assert store.runs.get(run.id).state == "stopped"
+    assert page.is_visible("#run-start") and not page.is_visible("#run-stop")
 
 
 def test_a_draft_is_drawn_from_its_plan_file_and_approved_from_the_page(

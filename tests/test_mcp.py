@@ -1,8 +1,8 @@
 """The MCP server, driven by the ``mcp`` SDK's own client: over stdio (``swarm mcp``, as Claude
 Desktop starts it) and over streamable HTTP (``/mcp`` on the control plane), against a real
-``swarm serve`` whose design agent and agents the scripted model answers for. Over stdio a spec
-is planned, approved and run to the end by agents in bubblewrap sandboxes; over HTTP a dead
-ticket is found in the status and retried, and a caller without a valid token is refused."""
+``swarm serve`` whose design agent and agents the scripted model answers for. Over each, a spec
+is planned, approved and run to the end by agents in bubblewrap sandboxes, and a dead ticket is
+found in the status and retried; over HTTP a caller without a valid token is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,9 +115,10 @@ def agent_sessions() -> list[dict[str, Any]]:
                 "turns": [_tool("Write", write), f"Wrote {path}."],
             }
         )
-    # The dead ticket's agent, once it is retried, takes its time: long enough to be stopped.
+    # The dead ticket's agent, once it is retried, takes its time: long enough to be stopped,
+    # short enough to have answered before the server stops (which waits for the answer).
     sessions.append(
-        {"match": r"You are implementing ticket lone\b", "delay_s": 30, "turns": ["ok"]}
+        {"match": r"You are implementing ticket lone\b", "delay_s": 10, "turns": ["ok"]}
     )
     return sessions
 
@@ -176,6 +177,18 @@ async def over_http(url: str, token: str | None) -> AsyncIterator[Client]:
         yield client
 
 
+@pytest.fixture(params=["stdio", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def connect(swarm: Swarm, transport: str) -> AbstractAsyncContextManager[Client]:
+    """The SDK's client on Swarm's tools, as an admin: over stdio or over HTTP."""
+    if transport == "stdio":
+        return stdio("--api", swarm.url, "--token", swarm.token)
+    return over_http(swarm.url, swarm.token)
+
+
 def text(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
 
@@ -194,8 +207,8 @@ async def refused(client: Client, tool: str, **arguments: Any) -> str:
     return text(result)
 
 
-async def test_over_stdio_a_spec_is_planned_approved_and_run_to_the_end(swarm: Swarm) -> None:
-    async with stdio("--api", swarm.url, "--token", swarm.token) as client:
+async def test_a_spec_is_planned_approved_and_run_to_the_end(swarm: Swarm, transport: str) -> None:
+    async with connect(swarm, transport) as client:
         listed = await client.list_tools()
         assert {t.name for t in listed.tools} == TOOLS
         assert all(len(t.description or "") > 50 for t in listed.tools), listed.tools
@@ -269,9 +282,9 @@ def dead_ticket(swarm: Swarm) -> tuple[int, int]:
     return plan.id, lease.ticket.id
 
 
-async def test_over_http_a_dead_ticket_is_found_and_retried(swarm: Swarm) -> None:
+async def test_a_dead_ticket_is_found_and_retried(swarm: Swarm, transport: str) -> None:
     plan_id, ticket_id = dead_ticket(swarm)
-    async with over_http(swarm.url, swarm.token) as client:
+    async with connect(swarm, transport) as client:
         assert {t.name for t in (await client.list_tools()).tools} == TOOLS
         status = await call(client, "status", plan_id=plan_id)
         assert status["needs_attention"] == [

@@ -27,13 +27,13 @@ from swarmstack.api.schemas import (
     EventPage,
     FileWritten,
     Health,
-    Run,
     TicketContext,
     TicketPage,
     TokenCreated,
     TokenInfo,
 )
 from swarmstack.errors import Unavailable, from_response
+from swarmstack.runstore import Run
 from swarmstack.sandbox.base import (
     ExecOptions,
     ExecResult,

@@ -45,6 +45,11 @@ def serve(settings: Settings, *, log_level: str = "warning") -> None:
             app.state.swarm.drain_soon()  # long-polls and event streams end at once
             super().handle_exit(sig, frame)
 
+    # Where agent pools this server takes up after a restart reach it.
+    local = "127.0.0.1" if settings.host in ("", "0.0.0.0") else settings.host
+    local = "[::1]" if local == "::" else f"[{local}]" if ":" in local else local
+    if settings.port:
+        app.state.swarm.own_url = f"http://{local}:{settings.port}"
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -24,6 +24,9 @@ class ThreadedServer:
         )
         self._server = uvicorn.Server(config)
         self._app = app
+        swarm = getattr(getattr(app, "state", None), "swarm", None)
+        if swarm is not None:  # a control plane: where its own agent pools reach it
+            swarm.own_url = self.url
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )

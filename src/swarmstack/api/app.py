@@ -31,6 +31,7 @@ from swarmstack.api import (
     routes_tickets,
     routes_vm,
 )
+from swarmstack.api.runs import runs
 from swarmstack.api.state import AppState
 from swarmstack.config import Settings
 from swarmstack.errors import SwarmError
@@ -95,6 +96,7 @@ def create_app(
         state.loop = asyncio.get_running_loop()
         state.draining = False
         sweeper = asyncio.create_task(_sweep_forever(state), name="swarm-sweeper")
+        runs(state).begin()  # runs left by a control plane that stopped are taken up
         if state.settings.merge_queue:
             from swarmstack.forge.local import LocalForge
             from swarmstack.forge.mirror import GitHubMirror
@@ -117,8 +119,7 @@ def create_app(
             yield
         finally:
             await mcp.close()
-            if state.runs is not None:  # before the store closes: their leases go back
-                await state.runs.close()
+            await runs(state).close()  # before the store closes: their leases go back
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request
 
 from swarmstack.api.deps import AdminContext, IdPath, error_responses, own_url
 from swarmstack.api.runs import runs
-from swarmstack.api.schemas import MAX_ID, Run, RunRequest
+from swarmstack.api.schemas import MAX_ID, RunRequest
+from swarmstack.runstore import Run
 
 router = APIRouter(prefix="/v1")
 
@@ -35,8 +36,8 @@ async def start_run(
 async def list_runs(
     ctx: AdminContext, plan_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
 ) -> list[Run]:
-    """The runs this control plane started since it started (of one plan), oldest first."""
-    return runs(ctx.state).list(plan_id)
+    """Every run (of one plan), oldest first, whichever replica started or holds it."""
+    return await runs(ctx.state).find(plan_id)
 
 
 @router.delete(

@@ -169,7 +169,6 @@ class Health(BaseModel):
 # -- runs: agent pools the control plane starts ------------------------------------------------
 
 MAX_RUN_AGENTS = 1000  # as `swarm run --agents`; SWARM_MAX_RUN_AGENTS may allow fewer
-RunState = Literal["running", "finished", "stopped", "failed"]
 
 
 class RunRequest(BaseModel):
@@ -185,21 +184,6 @@ class RunRequest(BaseModel):
         description="where the agents run: bubblewrap, QEMU microVMs, or auto (bubblewrap "
         "where it is installed, else QEMU)",
     )
-
-
-class Run(BaseModel):
-    """An agent pool the control plane runs for a plan, until no ticket can move."""
-
-    plan_id: int
-    agents: int
-    backend: str
-    started_at: float
-    ended_at: float | None = None
-    state: RunState = Field(
-        description="running; finished (no ticket can move any more), stopped (by an admin "
-        "or the control plane's shutdown) or failed"
-    )
-    reason: str | None = Field(default=None, description="how it ended, for a person")
 
 
 # -- sandboxes (the VM API) ----------------------------------------------------------------------

@@ -49,6 +49,9 @@ class AppState:
     designs: Any = None  # the running design tasks (designs.Designs), on first use
     merge_queue: Any = None  # the merge queue (forge.queue.MergeQueue) while the app runs
     runs: Any = None  # the agent pools this process runs (runs.Runs), on first use
+    # This server as a process on its machine reaches it, once known (set by whoever binds the
+    # socket, or by the first run started): what agent pools taken up after a restart call.
+    own_url: str | None = None
     draining: bool = False  # the server is stopping: long-polls and event streams end now
     loop: asyncio.AbstractEventLoop | None = None  # the server's, while the app runs
 

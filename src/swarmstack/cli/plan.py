@@ -1,5 +1,6 @@
 """``swarm plan ...``: check a plan file locally, before anything reaches a server; store it
-whole or as a draft; read, export, edit and approve a stored draft.
+whole or as a draft; read, export, edit and approve a stored draft; pause and resume it, and
+start, stop and list the runs of agents the control plane puts on it.
 
 Also holds :func:`waves_command`, the local-file form of ``swarm waves``; ``main.py`` wires it.
 """
@@ -270,6 +271,84 @@ def resume_command(
     else:
         ready = plan.counts.get("ready", 0)
         common.console.print(f"plan {plan.id} resumed: {ready} ready")
+
+
+@app.command("start")
+def start_command(
+    plan_id: PlanId,
+    agents: Annotated[
+        int, typer.Option("--agents", "-n", min=1, max=1000, help="Agents at once.")
+    ] = 4,
+    backend: Annotated[
+        str,
+        typer.Option(help="Their sandboxes: auto (bubblewrap where installed), bwrap or qemu."),
+    ] = "auto",
+    json_out: JsonFlag = False,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Start agents on an approved plan, in the control plane: each a runner in a sandbox of
+    its own, until no ticket can move without a person. The run outlives a restart of the
+    control plane; `swarm plan stop` ends it."""
+    if backend not in ("auto", "bwrap", "qemu"):
+        common.fail(f"--backend: {backend!r} is not one of auto, bwrap, qemu")
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        run = api_client.start_run(plan_id, agents, backend)
+    if json_out:
+        common.print_json(run)
+    else:
+        common.console.print(
+            f"plan {plan_id}: run {run.id} started, {_count(run.agents, 'agent')} "
+            f"({run.backend}); `swarm plan runs {plan_id}` follows it"
+        )
+
+
+@app.command("stop")
+def stop_command(
+    plan_id: PlanId, json_out: JsonFlag = False, api: ApiUrl = None, token: Token = None
+) -> None:
+    """Stop a plan's run: every agent hands its ticket back (the attempt not counted) and every
+    sandbox is destroyed; merged work stays. `swarm plan pause` holds work without stopping."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        run = api_client.stop_run(plan_id)
+    if json_out:
+        common.print_json(run)
+    else:
+        common.console.print(f"plan {plan_id}: run {run.id} {run.state}")
+
+
+@app.command("runs")
+def runs_command(
+    plan_id: Annotated[
+        int | None, typer.Argument(min=1, help="Only this plan's.", show_default=False)
+    ] = None,
+    json_out: JsonFlag = False,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """List the runs the control plane started, oldest first: agents, backend, state, the
+    replica working it, how it ended."""
+    with common.errors_to_exit(), common.client(api, token) as api_client:
+        runs = api_client.runs(plan_id)
+    if json_out:
+        common.print_json(runs)
+        return
+    if not runs:
+        common.console.print("no runs yet")
+        return
+    table = Table("run", "plan", "agents", "backend", "state", "held by", "ended")
+    for run in runs:
+        held = run.held_by or ("waiting for a control plane" if run.state == "running" else "")
+        table.add_row(
+            str(run.id),
+            str(run.plan_id),
+            str(run.agents),
+            run.backend,
+            run.state,
+            escape(held),
+            escape(run.reason or ""),
+        )
+    common.console.print(table)
 
 
 @app.command("export")

@@ -22,7 +22,7 @@ const view = {
   doneTimes: [], selected: null, retryTimer: null, dirty: false,
   agents: new Map(), agentsTimer: null, draft: false, sandboxes: [], generation: 0,
   unpainted: new Set(), refreshTimer: null, waveRows: [], agentRows: new Map(),
-  attentionShown: null,
+  attentionShown: null, run: null,
 };
 window.swarmDashboard = view; // what the browser tests read
 
@@ -98,7 +98,7 @@ async function load(planId) {
   Object.assign(view, {
     tickets: new Map(), byKey: new Map(), critical: new Set(), lastSeq: 0, applied: 0,
     seqs: [], cost: 0, attention: new Map(), doneTimes: [], agents: new Map(), draft: false,
-    unpainted: new Set(),
+    unpainted: new Set(), run: null,
   });
   // A newer load (another plan chosen, the plan approved) makes this one give up.
   const generation = ++view.generation;
@@ -166,6 +166,46 @@ function showPlanControls() {
   $("plan-pause").hidden = plan.status !== "active" && plan.status !== "draft";
   $("plan-pause").textContent = plan.paused ? "Resume" : "Pause";
   $("paused").hidden = !plan.paused;
+  showRun();
+}
+
+// The plan's newest run: agents the control plane puts on it (POST /v1/plans/{id}/run).
+function showRun() {
+  const run = view.run;
+  const going = Boolean(run && run.state === "running");
+  const startable = view.plan.status === "active" && !view.draft && !going;
+  $("run-agents").hidden = !startable;
+  $("run-start").hidden = !startable;
+  $("run-stop").hidden = !going;
+  $("run-state").hidden = !run;
+  $("run-state").dataset.state = run ? run.state : "";
+  $("run-state").textContent = !run ? ""
+    : !going ? `last run ${run.state}${run.reason ? `: ${run.reason}` : ""}`
+    : run.held_by ? `${run.agents} ${run.agents === 1 ? "agent" : "agents"} (${run.backend})`
+    : "run waiting for a control plane";
+  $("run-state").title = going && run.held_by ? `worked by ${run.held_by}` : "";
+}
+
+$("run-start").addEventListener("click", () => runAction("POST"));
+$("run-stop").addEventListener("click", () => runAction("DELETE"));
+
+async function runAction(method) {
+  $("plan-error").textContent = "";
+  const planId = view.plan.id;
+  const button = $(method === "POST" ? "run-start" : "run-stop");
+  button.disabled = true; // stopping answers once every agent has handed its ticket back
+  try {
+    const body = method === "POST"
+      ? JSON.stringify({ agents: Number($("run-agents").value) || 1 }) : undefined;
+    const run = await api(`/v1/plans/${planId}/run`, {
+      method, body, headers: body ? { "Content-Type": "application/json" } : {},
+    });
+    if (view.plan && view.plan.id === planId) { view.run = run; showRun(); }
+  } catch (error) {
+    $("plan-error").textContent = `${method === "POST" ? "start agents" : "stop agents"}: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 $("plan-approve").addEventListener("click", () => planAction("approve"));
@@ -190,12 +230,15 @@ async function pollAgents() {
   const planId = view.plan && view.plan.id;
   if (!planId || view.draft || !token()) return;
   try {
-    const [agents, sandboxes] = await Promise.all([
+    const [agents, sandboxes, runs] = await Promise.all([
       api(`/v1/agents?plan_id=${planId}`), api("/v1/vms").catch(() => []),
+      api(`/v1/runs?plan_id=${planId}`).catch(() => []),
     ]);
     if (!view.plan || view.plan.id !== planId) return;
     view.agents = new Map(agents.map((a) => [a.ticket_id, a]));
     view.sandboxes = sandboxes;
+    view.run = runs.length ? runs[runs.length - 1] : null;
+    showRun();
     drawSandboxes();
     refresh();
   } catch (_) { /* the connection badge says when the control plane is away */ }

@@ -252,8 +252,9 @@ class SwarmTools:
         """Start agents on an approved plan: each agent is Claude Code in a sandbox of its own;
         they pull the plan's ready tickets (highest in the DAG first) and push branches, and the
         merge queue merges and checks each. The run ends by itself once no ticket can move
-        without a person: every ticket done, or the rest waiting on dead ones. Follow it with
-        status. Refused for a draft (approve_plan first) and when a run is going already."""
+        without a person: every ticket done, or the rest waiting on dead ones; it goes on after
+        a restart of the control plane. Follow it with status. Refused for a draft
+        (approve_plan first) and when a run is going already."""
 
         def work(api: SwarmClient) -> Any:
             run = api.start_run(plan_id, agents, backend)

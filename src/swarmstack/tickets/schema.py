@@ -189,6 +189,31 @@ def _v7_pause_and_sandboxes(tx: Tx) -> None:
     tx.execute("ALTER TABLE tickets ADD COLUMN sandbox TEXT")
 
 
+def _v8_runs(tx: Tx) -> None:
+    """Runs (agent pools a control plane starts for a plan) outlive the process that started
+    them: a row per run, held by a control plane's lease (see :mod:`swarmstack.runstore`)."""
+    pk, real, big = tx.dialect.autoincrement_pk, tx.dialect.real, tx.dialect.bigint
+    tx.execute(
+        f"""CREATE TABLE runs (
+            id {pk},
+            plan_id {big} NOT NULL REFERENCES plans(id),
+            agents INTEGER NOT NULL,
+            backend TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT,
+            started_at {real} NOT NULL,
+            ended_at {real},
+            owner TEXT,
+            lease_until {real},
+            token_id {big},
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            adoptions INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    # One run going per plan, whichever replica starts it.
+    tx.execute("CREATE UNIQUE INDEX runs_going ON runs (plan_id) WHERE state = 'running'")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial,
     _v2_usage,
@@ -197,4 +222,5 @@ MIGRATIONS: list[Migration] = [
     _v5_plan_status,
     _v6_merge_queue,
     _v7_pause_and_sandboxes,
+    _v8_runs,
 ]

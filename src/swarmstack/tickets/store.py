@@ -23,6 +23,7 @@ from swarmstack.auth import TokenKind, format_token, new_secret, secret_hash
 from swarmstack.config import Settings
 from swarmstack.db import EVENTS_LOCK_KEY, NOTIFY_CHANNEL, POSTGRESQL, Database, Row, Tx, migrate
 from swarmstack.errors import Conflict, NotFound, StaleLease, SwarmError
+from swarmstack.runstore import RunStore
 from swarmstack.tickets import graph
 from swarmstack.tickets.models import (
     AgentStatus,
@@ -199,6 +200,7 @@ class TicketStore:
         self.backoff_max_s = backoff_max_s
         self.clock = clock
         self.tokens = TokenStore(db, clock)
+        self.runs = RunStore(db, clock)
         self._subscribers: list[Callable[[Change], None]] = []
         self._strict_plans: dict[int, bool] = {}
         self._claim_sql = {
