@@ -213,11 +213,25 @@ async def test_a_spec_is_planned_approved_and_run_to_the_end(swarm: Swarm, trans
         assert {t.name for t in listed.tools} == TOOLS
         assert all(len(t.description or "") > 50 for t in listed.tools), listed.tools
 
-        planned = await call(client, "plan_spec", spec=SPEC, repo=str(swarm.repo), wait_s=120)
+        steps: list[str] = []
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            steps.append(message or "")
+
+        result = await client.call_tool(
+            "plan_spec",
+            {"spec": SPEC, "repo": str(swarm.repo), "wait_s": 120},
+            progress_callback=progress,
+        )
+        assert not result.is_error, text(result)
+        planned = json.loads(text(result))
         assert planned["status"] == "draft", planned
+        plan_id = planned["plan_id"]
+        # Each step of the design was reported as it came, the draft last.
+        assert steps[0] == f"plan {plan_id}: designing “greet”", steps
+        assert any("← skeleton" in s for s in steps) and "draft ready: 3 tickets" in steps[-1]
         assert [t["key"] for t in planned["tickets"]] == KEYS
         assert planned["requirements"][0]["covered_by"] == KEYS
-        plan_id = planned["plan_id"]
         assert "approve it first" in await refused(client, "start_run", plan_id=plan_id)
 
         # The draft is edited: refused with its problem, then accepted with a budget.

@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
 from swarmstack.client import SwarmClient
+from swarmstack.design.progress import describe
 from swarmstack.design.request import DesignRequest
 from swarmstack.errors import DesignFailed, SwarmError, UsageError
 from swarmstack.mcp_server import views
 from swarmstack.run import local_repo
 from swarmstack.sandbox.base import Limits, SandboxSpec
-from swarmstack.tickets.models import TicketState
+from swarmstack.tickets.models import Plan, TicketState
 from swarmstack.tickets.plan import parse_plan
 
 Connect = Callable[[], SwarmClient]
@@ -100,8 +102,12 @@ class SwarmTools:
 
     async def call(self, work: Callable[[SwarmClient], Any]) -> CallToolResult:
         """A tool's answer: what ``work`` returns, or its refusal as the tool's error."""
+        return await self.guarded(self.act(work))
+
+    async def guarded(self, action: Awaitable[Any]) -> CallToolResult:
+        """A tool's answer: what ``action`` comes to, or its refusal as the tool's error."""
         try:
-            return answer(await self.act(work))
+            return answer(await action)
         except SwarmError as exc:
             return refusal(reason(exc))
         except ValidationError as exc:  # a request model built from the arguments
@@ -141,18 +147,21 @@ class SwarmTools:
             float,
             Field(ge=0, le=600, description="how long to wait for the design to finish"),
         ] = 45.0,
+        *,
+        ctx: Context,
     ) -> CallToolResult:
         """Design a plan from a written spec: the design agent reads the spec and the
         repository and breaks the work into a DAG of tickets (requirements, skeleton,
         expansion, validation), stored as a draft. Nothing runs until the draft is approved.
 
         Give the spec as text (spec) or as a file (spec_file), and the repository. A design
-        takes from seconds to several minutes: this waits up to wait_s seconds and returns the
-        draft (as show_plan shows it); a plan still 'designing' then is being worked on — call
-        show_plan with its id later. Next: review the draft with show_plan, change it with
-        edit_plan, then approve_plan and start_run."""
+        takes from seconds to several minutes: this waits up to wait_s seconds, reporting each
+        step of the design as progress, and returns the draft (as show_plan shows it); a plan
+        still 'designing' then is being worked on — call show_plan with its id later. Next:
+        review the draft with show_plan, change it with edit_plan, then approve_plan and
+        start_run."""
 
-        def work(api: SwarmClient) -> Any:
+        def begin(api: SwarmClient) -> Plan:
             text = _spec_text(spec, spec_file)
             source = local_repo(repo, self.sources_dir)
             plan = api.design_plan(DesignRequest(spec=text, repo=str(source), title=title))
@@ -163,10 +172,9 @@ class SwarmTools:
                     f"plan {plan.id} is being designed, but its repository could not be put "
                     f"in the forge: {exc.message}"
                 ) from None
-            deadline = time.monotonic() + wait_s
-            while plan.status == "designing" and time.monotonic() < deadline:
-                time.sleep(0.5)
-                plan = api.get_plan(plan.id)
+            return plan
+
+        def finish(api: SwarmClient, plan: Plan) -> Any:
             if plan.status == "failed":
                 raise DesignFailed(f"the design of plan {plan.id} failed: {plan.error}")
             view = views.plan_view(api, plan.id)
@@ -178,7 +186,21 @@ class SwarmTools:
             )
             return view
 
-        return await self.call(work)
+        async def design() -> Any:
+            plan = await self.act(begin)
+            plan_id, steps = plan.id, DesignSteps(plan.id)
+            deadline = time.monotonic() + wait_s
+            while True:
+                for line in await self.act(steps.new):
+                    await ctx.report_progress(steps.count, None, f"plan {plan_id}: {line}")
+                if plan.status != "designing" or time.monotonic() >= deadline:
+                    break
+                await anyio.sleep(0.5)
+                plan = await self.act(lambda api: api.get_plan(plan_id))
+            last = plan
+            return await self.act(lambda api: finish(api, last))
+
+        return await self.guarded(design())
 
     async def show_plan(
         self,
@@ -466,6 +488,27 @@ class SwarmTools:
         except SwarmError as exc:
             raise ResourceError(exc.message) from None
         return json.dumps(value, indent=1, ensure_ascii=False)
+
+
+class DesignSteps:
+    """A design's steps as lines, each once: what :meth:`new` has not returned before."""
+
+    def __init__(self, plan_id: int) -> None:
+        self.plan_id = plan_id
+        self.after = 0
+        self.count = 0
+
+    def new(self, api: SwarmClient) -> list[str]:
+        lines = []
+        while page := api.events(after=self.after, limit=1000, plan_id=self.plan_id).events:
+            for event in page:
+                if event.kind.startswith("design."):
+                    line = describe(event.kind, event.data)
+                    if line is not None:
+                        lines.append(line)
+            self.after = page[-1].seq
+        self.count += len(lines)
+        return lines
 
 
 def _spec_text(spec: str | None, spec_file: str | None) -> str:
