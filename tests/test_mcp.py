@@ -352,6 +352,26 @@ async def test_a_dead_ticket_is_found_and_retried(swarm: Swarm, transport: str) 
         assert plan_id in [p["plan_id"] for p in json.loads(plans.contents[0].text)]  # type: ignore[union-attr]
 
 
+def test_the_status_of_a_big_plan_stays_short(swarm: Swarm) -> None:
+    from swarmstack.mcp_server.views import SHOWN, status
+
+    keys = [f"t{n}" for n in range(SHOWN + 5)]
+    with swarm.api() as admin:
+        plan = admin.create_plan(
+            PlanSpec(title="many", tickets=[TicketSpec(id=k, title=k) for k in keys]), 1
+        )
+        agent_token = admin.create_token("agent", "failing").token
+    with swarm.api(agent_token) as agent:
+        while (lease := agent.claim("failing", plan_id=plan.id, wait_s=0)) is not None:
+            agent.fail(lease, f"{lease.ticket.key} broke", retryable=False)
+    with swarm.api() as admin:
+        view = status(admin, plan.id)
+    assert view["progress"]["by_state"] == {"dead": len(keys)}
+    assert len(view["needs_attention"]) == SHOWN
+    assert view["needs_attention_not_shown"].startswith("5 more; list_tickets")
+    assert f"{len(keys)} things need attention" in view["summary"]
+
+
 async def test_over_http_a_caller_without_a_valid_token_is_refused(swarm: Swarm) -> None:
     with swarm.api() as admin:
         agent_token = admin.create_token("agent", "not-an-admin").token

@@ -22,6 +22,7 @@ from swarmstack.tickets.models import Plan, PlanSpec, Ticket, TicketState
 from swarmstack.tickets.store import fix_reason
 
 ERROR_CHARS = 600  # a ticket's last error, in lists
+SHOWN = 25  # items of a list in the status at most (what needs attention, agents at work)
 
 
 def plan_row(plan: Plan) -> dict[str, Any]:
@@ -189,7 +190,13 @@ def status(api: SwarmClient, plan_id: int | None) -> dict[str, Any]:
         {"wave": n, "done": c.get("done", 0), "total": sum(c.values()), "by_state": dict(c)}
         for n, c in sorted(waves.items())
     ]
-    view["needs_attention"] = _attention(plan, tickets, agents)
+    attention = _attention(plan, tickets, agents)
+    view["needs_attention"] = attention[:SHOWN]
+    if len(attention) > SHOWN:
+        view["needs_attention_not_shown"] = (
+            f"{len(attention) - SHOWN} more; list_tickets with state=['dead'] (or show_ticket) "
+            "for the rest"
+        )
     view["cost"] = {
         "spent_usd": round(plan.spent_usd, 4),
         "budget_usd": plan.budget_usd,
@@ -206,11 +213,13 @@ def status(api: SwarmClient, plan_id: int | None) -> dict[str, Any]:
             "last_heartbeat_s_ago": round(now - a.last_heartbeat_at),
             "stale": a.stale,
         }
-        for a in agents
+        for a in agents[:SHOWN]
     ]
+    if len(agents) > SHOWN:
+        view["agents_not_shown"] = f"{len(agents) - SHOWN} more agents at work"
     view["merging"] = [t.key for t in tickets if t.state is TicketState.MERGING]
     view["run"] = runs[-1].model_dump(mode="json") if runs else None
-    view["summary"] = _summary(view, plan)
+    view["summary"] = _summary(view, plan, len(agents), len(attention))
     return view
 
 
@@ -252,7 +261,7 @@ def _item(ticket: Ticket, problem: str, why: str) -> dict[str, Any]:
     }
 
 
-def _summary(view: dict[str, Any], plan: Plan) -> str:
+def _summary(view: dict[str, Any], plan: Plan, agents: int, attention: int) -> str:
     """The status in a sentence."""
     if plan.status != "active":
         hint = {
@@ -263,13 +272,13 @@ def _summary(view: dict[str, Any], plan: Plan) -> str:
         return f"plan {plan.id} is {plan.status}: {hint}"
     progress = view["progress"]
     line = f"{progress['done']} of {progress['total']} tickets done"
-    working = len(view["agents_at_work"])
+    working = agents
     if working:
         line += f", {working} being worked on"
     if view["merging"]:
         line += f", {len(view['merging'])} merging"
-    if view["needs_attention"]:
-        line += f"; {len(view['needs_attention'])} things need attention"
+    if attention:
+        line += f"; {attention} {'thing needs' if attention == 1 else 'things need'} attention"
     run = view["run"]
     if view["settled"]:
         line += "; nothing can move any more without a person"
