@@ -135,3 +135,21 @@ def test_bench_dashboard_small_run_draws_every_ticket_and_misses_no_event() -> N
         assert isinstance(f[name], float) and 0 < f[name] < 5000, name
     assert f["latency_p50_ms"] <= f["latency_p99_ms"] <= f["latency_max_ms"]
     assert 0 <= f["busy_share"] <= 1 and isinstance(f["smooth"], bool)
+
+
+@pytest.mark.slow
+def test_bench_mcp_times_the_status_tool_over_stdio_and_http_against_the_view() -> None:
+    result = runner.invoke(
+        app,
+        ["bench", "mcp", "--tickets", "60", "--agents", "5", "--calls", "2", "--dead", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    # 40% done, then 3 dead, then 5 agents at work: the rest waits on them or is ready.
+    by_state = figures["by_state"]
+    assert (by_state["done"], by_state["dead"], by_state["claimed"]) == (24, 3, 5)
+    assert figures["agents_at_work"] == 5 and figures["needs_attention"] == 3
+    for way in ("direct", "stdio", "http"):
+        assert 0 < figures[way]["p50_ms"] <= figures[way]["p99_ms"]
+    assert figures["stdio_over_direct"] > 0 and figures["http_over_direct"] > 0
+    assert figures["status_bytes"] > 1000 and figures["list_tools_ms"] > 0

@@ -212,3 +212,26 @@ def dashboard(
         print_json(result)
     else:
         console.print(result)
+
+
+@app.command("mcp")
+@guarded
+def mcp(
+    tickets: int = typer.Option(1000, "--tickets", min=1, max=20_000, help="Tickets in the plan."),
+    agents: int = typer.Option(100, "--agents", min=0, max=1000, help="Agents at work in it."),
+    calls: int = typer.Option(20, "--calls", min=1, max=1000, help="Calls of each kind timed."),
+    done_share: float = typer.Option(
+        0.4, "--done", min=0, max=1, help="The share of the plan done before the calls."
+    ),
+    dead: int = typer.Option(40, "--dead", min=0, max=10_000, help="Tickets dead before."),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="Print the JSON object."),
+) -> None:
+    """The MCP tool `status` on a big plan mid-run, over stdio (`swarm mcp`) and over HTTP
+    (`/mcp`), beside the same view built over the REST API: latency, start-up, answer size."""
+    from swarmstack.bench import mcp as bench_mcp
+
+    result = bench_mcp.run(tickets, agents, calls, done_share, dead)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)
