@@ -202,16 +202,21 @@ class Runs:
     async def _clean_up(self, pool: _Pool, leases_of: set[str]) -> None:
         """Close the pool and revoke its token; hand back the leases of ``leases_of`` (runners
         that could not, the server no longer taking requests at shutdown)."""
-        state, run = self.state, pool.run
         if pool.host is not None:
             with contextlib.suppress(Exception):
                 await pool.host.close()
-        if leases_of:
-            for agent in await state.call(state.store.agents, run.plan_id):
-                if agent.agent in leases_of:
-                    with contextlib.suppress(SwarmError):
-                        await state.call(state.store.stop, agent.ticket_id, SHUTDOWN)
-        await self._revoke(run.token_id)
+        await self._hand_back(pool, leases_of)
+        await self._revoke(pool.run.token_id)
+
+    async def _hand_back(self, pool: _Pool, agents: set[str]) -> None:
+        """Release, in the store, the leases these agents of the pool hold."""
+        if not agents:
+            return
+        state = self.state
+        for agent in await state.call(state.store.agents, pool.run.plan_id):
+            if agent.agent in agents:
+                with contextlib.suppress(SwarmError):
+                    await state.call(state.store.stop, agent.ticket_id, SHUTDOWN)
 
     async def _revoke(self, token_id: int | None) -> None:
         if token_id is None:
@@ -293,6 +298,12 @@ class Runs:
         pools = list(self._pools.values())
         for pool in pools:
             pool.stop_reason = SHUTDOWN
+            # First hand the tickets back in the store: the server takes no more requests, so
+            # the runners cannot, and however long they take to stop, no lease of theirs runs
+            # out meanwhile and costs its ticket an attempt. (Their late completions are
+            # refused: the epoch moved on.)
+            if pool.host is not None:
+                await self._hand_back(pool, pool.host.sandbox_ids)
             pool.stopping.set()
         await asyncio.gather(*(p.task for p in pools if p.task is not None), return_exceptions=True)
 
