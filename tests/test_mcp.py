@@ -352,6 +352,60 @@ async def test_a_dead_ticket_is_found_and_retried(swarm: Swarm, transport: str) 
         assert plan_id in [p["plan_id"] for p in json.loads(plans.contents[0].text)]  # type: ignore[union-attr]
 
 
+async def test_an_admin_runs_commands_and_moves_files_in_a_sandbox(swarm: Swarm) -> None:
+    async with over_http(swarm.url, swarm.token) as client:
+        made = await call(client, "create_sandbox", memory_mib=256)
+        box = made["id"]
+        try:
+            assert made["state"] == "running" and made["backend"] == "bwrap"
+            listed = await call(client, "list_sandboxes")
+            assert box in [s["id"] for s in listed["sandboxes"]]
+            written = await call(
+                client, "sandbox_write_file", sandbox_id=box, path="bin/hi.sh",
+                content="echo hello from $(pwd)\n", mode=0o755,
+            )  # fmt: skip
+            assert written["path"] == "bin/hi.sh", written
+            ran = await call(client, "sandbox_exec", sandbox_id=box, command="bin/hi.sh > out.txt")
+            assert ran["exit_code"] == 0 and ran["timed_out"] is False, ran
+            out = await call(client, "sandbox_read_file", sandbox_id=box, path="out.txt")
+            assert out.startswith("hello from /")
+            failed = await call(client, "sandbox_exec", sandbox_id=box, command="ls nothing-here")
+            assert failed["exit_code"] != 0 and "nothing-here" in failed["stderr"]
+            assert "climbs out" in await refused(
+                client, "sandbox_read_file", sandbox_id=box, path="../../etc/passwd"
+            )
+        finally:
+            gone = await call(client, "destroy_sandbox", sandbox_id=box)
+        assert gone == f"sandbox {box} is destroyed"
+        assert "no sandbox" in await refused(client, "sandbox_exec", sandbox_id=box, command="true")
+
+
+async def test_a_ticket_is_cancelled_and_a_plan_read_as_a_resource(swarm: Swarm) -> None:
+    with swarm.api() as admin:
+        b = TicketSpec(id="b", title="b", depends_on=["a"])
+        plan = admin.create_plan(
+            PlanSpec(title="to cancel", tickets=[TicketSpec(id="a", title="a"), b])
+        )
+        tickets = {t.key: t for t in admin.all_tickets(plan_id=plan.id)}
+    async with over_http(swarm.url, swarm.token) as client:
+        a = tickets["a"].id
+        assert "no agent" in await refused(client, "stop_agent", ticket_id=a)
+        cancelled = await call(client, "cancel_ticket", ticket_id=a, reason="not needed")
+        assert cancelled["state"] == "cancelled"
+        status = await call(client, "status", plan_id=plan.id)
+        assert status["progress"]["by_state"] == {"cancelled": 1, "pending": 1}
+        assert status["settled"] is True  # b waits on a, which nobody works
+        templates = await client.list_resource_templates()
+        uris = {t.uri_template for t in templates.resource_templates}
+        assert {"swarm://plans/{plan_id}", "swarm://tickets/{ticket_id}"} <= uris
+        read = await client.read_resource(f"swarm://plans/{plan.id}")
+        shown = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+        assert shown["status"] == "active" and "plan_file" in shown
+        assert [t["key"] for t in shown["tickets"]] == ["a", "b"]
+        with pytest.raises(MCPError, match="not an id"):
+            await client.read_resource("swarm://plans/first")
+
+
 def test_the_status_of_a_big_plan_stays_short(swarm: Swarm) -> None:
     from swarmstack.mcp_server.views import SHOWN, status
 
