@@ -43,7 +43,8 @@ POLL_S = 1.0  # how often a run looks at its plan's tickets
 LEASE_S = 30.0  # how long a control plane holds a run without renewing it
 RENEW_S = 5.0  # how often it renews (and sees whether another replica asked for a stop)
 ADOPT_S = 5.0  # how often a control plane looks for runs nobody holds
-STOP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0  # for the runners to hand their tickets back and end
+SHUTDOWN_GRACE_S = 10.0  # at shutdown, their tickets handed back already: then the sandboxes go
 SHUTDOWN = "the control plane stopped"
 
 
@@ -184,8 +185,9 @@ class Runs:
         finally:
             stopped.cancel()
             await pool.host.stop()
+            grace = SHUTDOWN_GRACE_S if pool.stop_reason == SHUTDOWN else STOP_TIMEOUT_S
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(working, STOP_TIMEOUT_S)
+                await asyncio.wait_for(working, grace)
             await self._clean_up(pool, sandboxes if pool.stop_reason == SHUTDOWN else set())
             if ended is not None:
                 await self._end(pool, *ended)
