@@ -79,6 +79,12 @@ class RunStore:
             stop_requested=bool(row["stop_requested"]),
         )
 
+    def _select(self, where: str, params: dict[str, Any]) -> list[Run]:
+        now = self.clock()
+        with self.db.read() as tx:
+            rows = tx.all(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY id", params)
+        return [self._run(r, now) for r in rows]
+
     def start(self, plan_id: int, agents: int, backend: str, owner: str, lease_s: float) -> Run:
         """A new run held by ``owner``; Conflict if the plan has one going."""
         now = self.clock()
@@ -101,30 +107,21 @@ class RunStore:
         return self._run(row, now)
 
     def get(self, run_id: int) -> Run:
-        now = self.clock()
-        with self.db.read() as tx:
-            row = tx.one(f"SELECT {_COLUMNS} FROM runs WHERE id = :id", {"id": run_id})
-        if row is None:
+        found = self._select("WHERE id = :id", {"id": run_id})
+        if not found:
             raise NotFound(f"no run {run_id}")
-        return self._run(row, now)
+        return found[0]
 
     def going(self, plan_id: int) -> Run | None:
         """The plan's run going, if it has one."""
-        now = self.clock()
-        with self.db.read() as tx:
-            row = tx.one(
-                f"SELECT {_COLUMNS} FROM runs WHERE plan_id = :p AND state = 'running'",
-                {"p": plan_id},
-            )
-        return None if row is None else self._run(row, now)
+        found = self._select("WHERE plan_id = :p AND state = 'running'", {"p": plan_id})
+        return found[0] if found else None
 
     def find(self, plan_id: int | None = None) -> list[Run]:
         """Every run (of one plan), oldest first."""
-        now = self.clock()
-        where, params = ("WHERE plan_id = :p", {"p": plan_id}) if plan_id is not None else ("", {})
-        with self.db.read() as tx:
-            rows = tx.all(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY id", params)
-        return [self._run(r, now) for r in rows]
+        if plan_id is None:
+            return self._select("", {})
+        return self._select("WHERE plan_id = :p", {"p": plan_id})
 
     def set_token(self, run_id: int, token_id: int | None) -> None:
         with self.db.tx() as tx:
@@ -178,14 +175,10 @@ class RunStore:
 
     def adoptable(self) -> list[Run]:
         """Runs going that no control plane holds: handed over, or their holder's lease out."""
-        now = self.clock()
-        with self.db.read() as tx:
-            rows = tx.all(
-                f"SELECT {_COLUMNS} FROM runs WHERE state = 'running' "
-                "AND (lease_until IS NULL OR lease_until <= :now) ORDER BY id",
-                {"now": now},
-            )
-        return [self._run(r, now) for r in rows]
+        return self._select(
+            "WHERE state = 'running' AND (lease_until IS NULL OR lease_until <= :now)",
+            {"now": self.clock()},
+        )
 
     def adopt(self, run_id: int, owner: str, lease_s: float) -> Run | None:
         """Take up a run nobody holds; None if it is held or ended (another took it first)."""

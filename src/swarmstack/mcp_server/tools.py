@@ -27,7 +27,6 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
 from swarmstack.client import SwarmClient
-from swarmstack.design.progress import describe
 from swarmstack.design.request import DesignRequest
 from swarmstack.errors import DesignFailed, SwarmError, UsageError
 from swarmstack.mcp_server import views
@@ -188,7 +187,7 @@ class SwarmTools:
 
         async def design() -> Any:
             plan = await self.act(begin)
-            plan_id, steps = plan.id, DesignSteps(plan.id)
+            plan_id, steps = plan.id, views.DesignSteps(plan.id)
             deadline = time.monotonic() + wait_s
             while True:
                 for line in await self.act(steps.new):
@@ -488,27 +487,6 @@ class SwarmTools:
         except SwarmError as exc:
             raise ResourceError(exc.message) from None
         return json.dumps(value, indent=1, ensure_ascii=False)
-
-
-class DesignSteps:
-    """A design's steps as lines, each once: what :meth:`new` has not returned before."""
-
-    def __init__(self, plan_id: int) -> None:
-        self.plan_id = plan_id
-        self.after = 0
-        self.count = 0
-
-    def new(self, api: SwarmClient) -> list[str]:
-        lines = []
-        while page := api.events(after=self.after, limit=1000, plan_id=self.plan_id).events:
-            for event in page:
-                if event.kind.startswith("design."):
-                    line = describe(event.kind, event.data)
-                    if line is not None:
-                        lines.append(line)
-            self.after = page[-1].seq
-        self.count += len(lines)
-        return lines
 
 
 def _spec_text(spec: str | None, spec_file: str | None) -> str:

@@ -86,15 +86,28 @@ def plan_view(api: SwarmClient, plan_id: int, *, with_file: bool = False) -> dic
 
 def design_progress(api: SwarmClient, plan_id: int, lines: int = 15) -> list[str]:
     """The last steps of a plan's design, one line each."""
-    kept: deque[str] = deque(maxlen=lines)
-    after = 0
-    while page := api.events(after=after, limit=5000, plan_id=plan_id).events:
-        for event in page:
-            line = describe(event.kind, event.data) if event.kind.startswith("design.") else None
-            if line is not None:
-                kept.append(line)
-        after = page[-1].seq
-    return list(kept)
+    return DesignSteps(plan_id).new(api)[-lines:]
+
+
+class DesignSteps:
+    """A design's steps as lines, each once: what :meth:`new` has not returned before."""
+
+    def __init__(self, plan_id: int) -> None:
+        self.plan_id = plan_id
+        self.after = 0
+        self.count = 0
+
+    def new(self, api: SwarmClient) -> list[str]:
+        lines = []
+        while page := api.events(after=self.after, limit=5000, plan_id=self.plan_id).events:
+            for event in page:
+                if event.kind.startswith("design."):
+                    line = describe(event.kind, event.data)
+                    if line is not None:
+                        lines.append(line)
+            self.after = page[-1].seq
+        self.count += len(lines)
+        return lines
 
 
 def ticket_row(ticket: Ticket) -> dict[str, Any]:
